@@ -1,0 +1,138 @@
+// FHIR R4 knowledge derived from the official definitions (hl7.fhir.r4.examples@4.0.1):
+// types with their elements (cardinality, types, choice types, bindings), required value sets
+// and search parameters. Loaded from the compact file that scripts/gen-definitions.py derives
+// from the package; the compact file is compiled into the library (see embedded_definitions()).
+//
+// Navigation model: every type (resource, complex datatype, primitive) has a root `element_def`
+// whose `children` are its direct elements in definition order (the order XML needs). An
+// element's children are either inline (BackboneElement), the children of its single datatype
+// (e.g. HumanName), or those of the element a contentReference names (Questionnaire.item.item).
+#pragma once
+
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+namespace yilian::fhir {
+
+enum class type_kind : std::uint8_t { primitive_type, complex_type, resource, logical };
+
+enum class binding_strength : std::uint8_t { none, example, preferred, extensible, required };
+
+// How a primitive's value is written in JSON.
+enum class json_primitive : std::uint8_t { string, number, boolean };
+
+constexpr std::uint32_t unbounded = std::numeric_limits<std::uint32_t>::max();
+
+struct type_def;
+
+struct element_def {
+  std::string path;   // "Patient.contact.name"
+  std::string name;   // last path segment: "name", or "value[x]" for a choice
+  std::uint32_t min = 0;
+  std::uint32_t max = 1;                 // `unbounded` for "*"
+  std::vector<std::string> type_codes;   // "HumanName", "Reference", "string", "BackboneElement"...
+  std::vector<std::string> target_profiles;  // Reference/canonical targets (resource type names)
+  std::string content_reference;         // "#Questionnaire.item" when the element reuses another's shape
+  binding_strength binding = binding_strength::none;
+  std::string value_set;                 // canonical URL (without |version)
+  bool is_summary = false;
+  bool is_modifier = false;
+  bool xml_attribute = false;            // representation xmlAttr (Element.id, Extension.url)
+  bool xhtml = false;                    // Narrative.div
+
+  // Resolved by the loader: direct children in definition order; empty for primitive-valued
+  // elements. For a datatype-typed element this points at the datatype's children.
+  const std::vector<const element_def*>* children = nullptr;
+
+  bool is_choice() const noexcept { return name.size() > 3 && name.ends_with("[x]"); }
+  bool is_array() const noexcept { return max > 1; }
+  // Choice base: "value" for "value[x]".
+  std::string_view choice_base() const noexcept {
+    return is_choice() ? std::string_view(name).substr(0, name.size() - 3) : std::string_view(name);
+  }
+};
+
+struct type_def {
+  std::string name;      // "Patient", "HumanName", "string"
+  type_kind kind = type_kind::complex_type;
+  bool is_abstract = false;
+  std::string base;      // "DomainResource", "Element", ...
+  // Primitive types only.
+  json_primitive json = json_primitive::string;
+  std::string regex;     // the official regex of the primitive's value, if any
+  element_def root;      // root.children are the type's elements
+};
+
+struct search_param_component {
+  std::string definition;  // canonical URL of the component's SearchParameter
+  std::string expression;
+};
+
+struct search_param_def {
+  std::string url;
+  std::string code;                    // "identifier"
+  std::vector<std::string> base;       // resource types ("Resource" for _id etc.)
+  std::string type;                    // number date string token reference composite quantity uri special
+  std::string expression;              // FHIRPath
+  std::vector<std::string> target;     // reference targets
+  std::vector<std::string> modifiers;
+  std::vector<std::string> comparators;
+  std::vector<search_param_component> components;
+};
+
+class definitions {
+ public:
+  // Parses a compact definitions document (JSON text). Throws std::runtime_error on malformed input.
+  static std::unique_ptr<definitions> load(std::string_view compact_json);
+  // The definitions compiled into the binary; loaded once, thread-safe, never null.
+  static const definitions& r4();
+
+  const type_def* find_type(std::string_view name) const noexcept;
+  bool is_resource_type(std::string_view name) const noexcept;
+  // Concrete (non-abstract) resource type names, sorted.
+  const std::vector<std::string>& resource_types() const noexcept { return resource_types_; }
+
+  // Child of `parent` (a type root or an element) named as in JSON. For a choice element the JSON
+  // name carries the type ("valueQuantity"): `chosen_type` receives "Quantity".
+  const element_def* find_child(const element_def& parent, std::string_view json_name,
+                                std::string* chosen_type = nullptr) const noexcept;
+
+  // Element by full path ("Observation.value[x]", "Questionnaire.item.item"), following datatypes
+  // and contentReferences.
+  const element_def* find_element(std::string_view path) const noexcept;
+
+  // Codes allowed by a value set used in a required binding, as "system|code"; nullopt when the
+  // set is not expandable from the definitions (too large, filtered, external).
+  const std::unordered_set<std::string>* value_set_codes(std::string_view url) const noexcept;
+
+  // Search parameters applicable to a resource type (including those based on Resource and
+  // DomainResource).
+  std::vector<const search_param_def*> search_params(std::string_view resource_type) const;
+  const search_param_def* find_search_param(std::string_view resource_type, std::string_view code) const noexcept;
+  const std::vector<search_param_def>& all_search_params() const noexcept { return search_params_; }
+
+  // Implementation details are exposed to the loader only.
+  struct builder;
+
+ private:
+  definitions() = default;
+
+  std::vector<std::unique_ptr<type_def>> types_;
+  std::unordered_map<std::string, const type_def*> types_by_name_;
+  std::vector<std::unique_ptr<element_def>> elements_;  // owned backbone/children elements
+  std::vector<std::unique_ptr<std::vector<const element_def*>>> child_lists_;
+  std::unordered_map<std::string, const element_def*> elements_by_path_;
+  std::vector<std::string> resource_types_;
+  std::unordered_map<std::string, std::unordered_set<std::string>> value_sets_;
+  std::vector<search_param_def> search_params_;
+  std::unordered_map<std::string, std::vector<std::size_t>> search_params_by_base_;
+};
+
+}  // namespace yilian::fhir

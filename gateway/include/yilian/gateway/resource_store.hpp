@@ -1,0 +1,167 @@
+// PostgreSQL storage of FHIR resources: current version, full history, and search-index rows,
+// written in one transaction per interaction. A read returns the stored JSON bytes as they are
+// served (meta.versionId and meta.lastUpdated already inside), with no parse.
+//
+// Every table carries `tenant` (the partition/distribution key: a deployment may shard on it with
+// Citus; reads always filter on it) and patient-data tables carry the patient `compartment`.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "yilian/fhir/value.hpp"
+
+namespace pqxx {
+class connection;
+class transaction_base;
+}
+
+namespace yilian::gateway {
+
+// Who is asking, for partitioning and audit. Filled from the request (later: from the token).
+struct request_context {
+  std::string tenant = "default";
+  std::string correlation_id;
+};
+
+struct stored_resource {
+  std::string type;
+  std::string id;
+  std::int64_t version = 0;
+  std::string last_updated;  // FHIR instant, e.g. "2026-11-23T20:44:41.123+00:00"
+  bool deleted = false;
+  std::string json;          // the stored bytes (empty for a deletion marker)
+  std::string method;        // history entry request method: POST, PUT, DELETE, PATCH
+};
+
+// Failures that map to an HTTP status; anything else thrown by the store is a 500.
+enum class store_error_kind {
+  not_found,            // 404
+  gone,                 // 410 (deleted)
+  version_conflict,     // 412 If-Match mismatch / 409 on concurrent create
+  multiple_matches,     // 412 conditional update/delete/create matched more than one
+  invalid_criteria,     // 400 conditional criteria not understood
+  schema_too_new,       // refuse to start
+};
+
+class store_error : public std::runtime_error {
+ public:
+  store_error(store_error_kind kind, const std::string& what) : std::runtime_error(what), kind_(kind) {}
+  store_error_kind kind() const noexcept { return kind_; }
+
+ private:
+  store_error_kind kind_;
+};
+
+// A search criterion for conditional interactions ("identifier=http://x|123", "_id=5").
+struct criterion {
+  std::string name;   // parameter name without modifiers
+  std::string value;  // raw value, as in the query string (decoded)
+};
+
+// Observes each committed write and takes part in its transaction: search indexes, the
+// subscription outbox and audit later hook in here.
+struct write_event {
+  const request_context* context = nullptr;
+  const stored_resource* resource = nullptr;  // the new version (deleted = true for DELETE)
+  const fhir::value* content = nullptr;       // parsed content (null for DELETE)
+  std::string compartment;                    // patient id the resource belongs to, if any
+};
+
+class write_participant {
+ public:
+  virtual ~write_participant() = default;
+  // Inside the write's transaction: add rows that must commit with it (index rows, outbox).
+  virtual void in_transaction(pqxx::transaction_base& tx, const write_event& event) = 0;
+  // After the commit succeeded (notify, metrics). Must not throw.
+  virtual void after_commit(const write_event&) noexcept {}
+};
+
+struct history_query {
+  std::optional<std::string> type;  // empty = system history
+  std::optional<std::string> id;    // instance history
+  std::optional<std::string> since; // FHIR instant/dateTime: only versions at or after
+  std::size_t count = 50;
+  std::size_t offset = 0;
+};
+
+struct history_page {
+  std::vector<stored_resource> entries;  // newest first
+  std::int64_t total = 0;
+};
+
+struct write_result {
+  stored_resource resource;
+  bool created = false;   // 201 vs 200
+  bool unchanged = false; // conditional create matched an existing resource (nothing written)
+};
+
+class resource_store {
+ public:
+  // Opens `connections` connections (one per worker thread) to `database_url`.
+  resource_store(std::string database_url, unsigned connections);
+  ~resource_store();
+
+  // Applies pending numbered migrations; throws store_error(schema_too_new) when the database
+  // has a newer schema than this binary knows.
+  void migrate();
+  static int schema_version() noexcept;  // the newest migration this binary has
+
+  void add_participant(std::shared_ptr<write_participant> participant);
+
+  std::optional<stored_resource> read(const request_context& ctx, std::string_view type, std::string_view id);
+  std::optional<stored_resource> vread(const request_context& ctx, std::string_view type, std::string_view id,
+                                       std::int64_t version);
+
+  // `resource` is validated content; the store assigns id (when `id` is empty), meta.versionId
+  // and meta.lastUpdated, and serialises it. `if_none_exist` makes the create conditional:
+  // exactly one resource is created for concurrent requests with the same criteria.
+  write_result create(const request_context& ctx, std::string_view type, fhir::value resource,
+                      const std::vector<criterion>* if_none_exist = nullptr);
+  // Update or create-on-update with a client id. `if_match` = expected current version.
+  write_result update(const request_context& ctx, std::string_view type, std::string_view id, fhir::value resource,
+                      std::optional<std::int64_t> if_match = std::nullopt, std::string_view method = "PUT");
+  // Conditional update: no match creates (server id unless the body has one), one match updates,
+  // several matches throw multiple_matches.
+  write_result conditional_update(const request_context& ctx, std::string_view type,
+                                  const std::vector<criterion>& criteria, fhir::value resource);
+  // Returns the deletion marker version, or nullopt when there was nothing to delete.
+  std::optional<stored_resource> remove(const request_context& ctx, std::string_view type, std::string_view id,
+                                        std::optional<std::int64_t> if_match = std::nullopt);
+  // Conditional delete: deletes every match when `allow_multiple`, otherwise 412 on several.
+  std::vector<stored_resource> conditional_remove(const request_context& ctx, std::string_view type,
+                                                  const std::vector<criterion>& criteria, bool allow_multiple);
+
+  // Ids of current, non-deleted resources of `type` matching all criteria (AND).
+  std::vector<std::string> find_ids(const request_context& ctx, std::string_view type,
+                                    const std::vector<criterion>& criteria, std::size_t limit = 2);
+
+  history_page history(const request_context& ctx, const history_query& query);
+
+  // Connection for code that needs SQL of its own (health checks, later: search). Blocks until
+  // one is free.
+  class connection_lease {
+   public:
+    connection_lease(resource_store& store, pqxx::connection* c) : store_(&store), c_(c) {}
+    connection_lease(connection_lease&& o) noexcept : store_(o.store_), c_(o.c_) { o.c_ = nullptr; }
+    ~connection_lease();
+    pqxx::connection& operator*() const noexcept { return *c_; }
+    pqxx::connection* operator->() const noexcept { return c_; }
+   private:
+    resource_store* store_;
+    pqxx::connection* c_;
+  };
+  connection_lease acquire();
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace yilian::gateway
