@@ -1,0 +1,1 @@
+namespace yilian { int adapters_placeholder = 0; }

@@ -1,0 +1,1 @@
+namespace yilian { int mappers_placeholder = 0; }

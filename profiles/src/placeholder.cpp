@@ -1,0 +1,1 @@
+namespace yilian { int profiles_placeholder = 0; }
