@@ -11,7 +11,9 @@
 
 namespace yilian::fhir {
 
-enum class value_kind : std::uint8_t { null, boolean, number, string, object, array };
+// `raw_json` holds already-serialised, valid JSON (a stored resource spliced into a Bundle without
+// re-parsing it); write_json copies it verbatim, other consumers parse it when they need the tree.
+enum class value_kind : std::uint8_t { null, boolean, number, string, object, array, raw_json };
 
 class value;
 
@@ -27,6 +29,7 @@ class value {
   static value make_boolean(bool b) { return value(value_kind::boolean, b ? "true" : "false"); }
   static value make_object() { return value(value_kind::object); }
   static value make_array() { return value(value_kind::array); }
+  static value make_raw_json(std::string json) { return value(value_kind::raw_json, std::move(json)); }
 
   value_kind kind() const noexcept { return kind_; }
   bool is_null() const noexcept { return kind_ == value_kind::null; }
@@ -35,6 +38,7 @@ class value {
   bool is_string() const noexcept { return kind_ == value_kind::string; }
   bool is_number() const noexcept { return kind_ == value_kind::number; }
   bool is_boolean() const noexcept { return kind_ == value_kind::boolean; }
+  bool is_raw_json() const noexcept { return kind_ == value_kind::raw_json; }
 
   // String contents, the number literal, or "true"/"false".
   const std::string& text() const noexcept { return text_; }
