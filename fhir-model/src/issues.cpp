@@ -25,6 +25,7 @@ std::string_view to_string(issue_type t) noexcept {
     case issue_type::processing: return "processing";
     case issue_type::not_supported: return "not-supported";
     case issue_type::duplicate: return "duplicate";
+    case issue_type::multiple_matches: return "multiple-matches";
     case issue_type::not_found: return "not-found";
     case issue_type::deleted: return "deleted";
     case issue_type::too_long: return "too-long";

@@ -27,6 +27,7 @@ enum class issue_type {
   processing,
   not_supported,
   duplicate,
+  multiple_matches,
   not_found,
   deleted,
   too_long,
