@@ -1,0 +1,40 @@
+// The FHIR R4 REST API as a function from request to response: routing, content negotiation,
+// the interactions (create, read, vread, update, patch, delete, history, conditional variants,
+// basic search, $validate, metadata) and the single place where failures become an
+// OperationOutcome with the right status. It never touches a socket.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "yilian/fhir/definitions.hpp"
+#include "yilian/gateway/http_message.hpp"
+#include "yilian/gateway/resource_store.hpp"
+
+namespace yilian::gateway {
+
+struct fhir_api_options {
+  std::string base_path = "/fhir";  // where the API is mounted
+  std::string base_url;             // public base URL; empty = "http://" + Host + base_path
+  std::size_t default_page_size = 50;
+  std::size_t max_page_size = 1000;
+  std::string software_version = "0.1.0";
+};
+
+class fhir_api {
+ public:
+  fhir_api(resource_store& store, fhir_api_options options, const fhir::definitions& defs = fhir::definitions::r4());
+  ~fhir_api();
+
+  // Never throws: every failure is answered with an OperationOutcome.
+  http_response handle(const http_request& request) const;
+
+  // The CapabilityStatement this server really supports (JSON text).
+  const std::string& capability_statement_json() const noexcept;
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace yilian::gateway

@@ -1,0 +1,44 @@
+// Every setting of `yilian serve`, declared once: name, default, environment variable and
+// description. The table drives parsing (flags, then environment, then default) and --help.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace yilian::gateway {
+
+struct settings {
+  std::string listen_host = "127.0.0.1";
+  std::uint16_t listen_port = 8080;
+  std::string data_dir = "./var";
+  std::string database_url;        // empty = embedded PostgreSQL under data_dir
+  std::string base_url;            // public base of the FHIR API; empty = http://<Host>/fhir
+  unsigned workers = 8;            // database worker threads (= connections)
+  unsigned io_threads = 1;
+  std::size_t body_limit = 64 * 1024 * 1024;
+  std::chrono::milliseconds read_timeout{30'000};
+  std::chrono::milliseconds idle_timeout{60'000};
+  std::vector<std::string> load;   // FHIR files or folders to load (PUT by id) before listening
+  bool access_log = true;
+};
+
+struct setting_descriptor {
+  std::string_view flag;         // "--listen"
+  std::string_view env;          // "YILIAN_LISTEN"
+  std::string_view default_text; // as shown in --help
+  std::string_view description;
+};
+
+const std::vector<setting_descriptor>& setting_table();
+
+// Parses `args` (after the subcommand) and the environment. Throws std::invalid_argument with a
+// message naming the flag on a bad value or an unknown flag. Sets `help` when --help is given.
+settings parse_settings(const std::vector<std::string>& args, bool& help);
+
+std::string settings_help();
+
+}  // namespace yilian::gateway
