@@ -29,6 +29,9 @@ class embedded_postgres {
   // Fast shutdown (pg_ctl stop -m fast); idempotent.
   void stop();
   bool running() const noexcept { return started_; }
+  // Leaves the cluster running when this object is destroyed (`yilian postgres start`, used by
+  // the test harness); `stop_cluster` stops it later.
+  void detach() noexcept { detached_ = true; }
 
   // libpq connection URL for the database ("postgresql:///yilian?host=/path/to/socket&port=N").
   std::string url() const;
@@ -44,6 +47,7 @@ class embedded_postgres {
   int port_ = 0;
   int lock_fd_ = -1;
   bool started_ = false;
+  bool detached_ = false;
 };
 
 }  // namespace yilian::gateway
