@@ -17,10 +17,7 @@
 
 #include "yilian/fhir/value.hpp"
 
-namespace pqxx {
-class connection;
-class transaction_base;
-}
+#include <pqxx/types.hxx>  // forward declarations only (libpqxx 6.4)
 
 namespace yilian::gateway {
 
@@ -157,14 +154,14 @@ class resource_store {
   // one is free.
   class connection_lease {
    public:
-    connection_lease(resource_store& store, pqxx::connection* c) : store_(&store), c_(c) {}
+    connection_lease(resource_store& store, pqxx::connection_base* c) : store_(&store), c_(c) {}
     connection_lease(connection_lease&& o) noexcept : store_(o.store_), c_(o.c_) { o.c_ = nullptr; }
     ~connection_lease();
-    pqxx::connection& operator*() const noexcept { return *c_; }
-    pqxx::connection* operator->() const noexcept { return c_; }
+    pqxx::connection_base& operator*() const noexcept { return *c_; }
+    pqxx::connection_base* operator->() const noexcept { return c_; }
    private:
     resource_store* store_;
-    pqxx::connection* c_;
+    pqxx::connection_base* c_;
   };
   connection_lease acquire();
 
