@@ -1,1 +1,279 @@
-int main() { return 0; }
+// yilian: the single executable. Subcommands:
+//   serve      run the gateway (embedded PostgreSQL unless --database-url)
+//   postgres   start/stop a private PostgreSQL cluster (the test harness uses it)
+//   validate   validate a FHIR resource file, print the OperationOutcome
+//   convert    convert a FHIR resource file between JSON and XML
+//   version
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "yilian/adapters/file_loader.hpp"
+#include "yilian/fhir/json.hpp"
+#include "yilian/fhir/validator.hpp"
+#include "yilian/fhir/xml.hpp"
+#include "yilian/gateway/embedded_postgres.hpp"
+#include "yilian/gateway/fhir_api.hpp"
+#include "yilian/gateway/http_server.hpp"
+#include "yilian/gateway/metrics.hpp"
+#include "yilian/gateway/resource_store.hpp"
+#include "yilian/gateway/service.hpp"
+#include "yilian/gateway/settings.hpp"
+#include "yilian/gateway/worker_pool.hpp"
+
+namespace {
+
+using namespace yilian;
+constexpr const char* version = "0.1.0";
+
+const char* usage =
+    "Usage: yilian <command> [options]\n"
+    "\n"
+    "Commands:\n"
+    "  serve [options]                     Run the FHIR gateway (yilian serve --help for the settings)\n"
+    "  postgres start --data-dir DIR [--url-file FILE]\n"
+    "                                      Start a private PostgreSQL cluster under DIR and leave it running\n"
+    "  postgres stop --data-dir DIR        Stop it\n"
+    "  validate FILE [--type TYPE]         Validate a FHIR resource (JSON or XML); prints an OperationOutcome\n"
+    "  convert fhir FILE --to json|xml [--pretty]\n"
+    "                                      Convert a FHIR resource between JSON and XML\n"
+    "  version                             Print the version\n";
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot read " + path);
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+bool looks_like_xml(const std::string& text) {
+  auto first = text.find_first_not_of(" \t\r\n\xEF\xBB\xBF");
+  return first != std::string::npos && text[first] == '<';
+}
+
+bool parse_any(const std::string& text, fhir::value& out, fhir::issue_list& issues) {
+  return looks_like_xml(text) ? fhir::parse_xml(text, out, issues) : fhir::parse_json(text, out, issues);
+}
+
+// Value of "--name VALUE" / "--name=VALUE" in args, removing it.
+std::optional<std::string> take_option(std::vector<std::string>& args, std::string_view name) {
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == name && i + 1 < args.size()) {
+      std::string v = args[i + 1];
+      args.erase(args.begin() + static_cast<std::ptrdiff_t>(i), args.begin() + static_cast<std::ptrdiff_t>(i) + 2);
+      return v;
+    }
+    if (args[i].starts_with(std::string(name) + "=")) {
+      std::string v = args[i].substr(name.size() + 1);
+      args.erase(args.begin() + static_cast<std::ptrdiff_t>(i));
+      return v;
+    }
+  }
+  return std::nullopt;
+}
+
+bool take_flag(std::vector<std::string>& args, std::string_view name) {
+  for (std::size_t i = 0; i < args.size(); ++i)
+    if (args[i] == name) {
+      args.erase(args.begin() + static_cast<std::ptrdiff_t>(i));
+      return true;
+    }
+  return false;
+}
+
+std::string utc_now() {
+  std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+int cmd_validate(std::vector<std::string> args) {
+  auto type = take_option(args, "--type");
+  if (args.size() != 1) {
+    std::cerr << "usage: yilian validate FILE [--type TYPE]\n";
+    return 2;
+  }
+  fhir::value resource;
+  fhir::issue_list issues;
+  if (parse_any(read_file(args[0]), resource, issues))
+    fhir::validate_resource(resource, issues, {.check_required_bindings = true, .expected_type = type ? *type : ""});
+  std::cout << fhir::to_json(fhir::to_operation_outcome(issues), {.pretty = true}) << "\n";
+  return issues.has_errors() ? 1 : 0;
+}
+
+int cmd_convert(std::vector<std::string> args) {
+  auto to = take_option(args, "--to");
+  bool pretty = take_flag(args, "--pretty");
+  if (args.size() != 2 || args[0] != "fhir" || !to || (*to != "json" && *to != "xml")) {
+    std::cerr << "usage: yilian convert fhir FILE --to json|xml [--pretty]\n";
+    return 2;
+  }
+  fhir::value resource;
+  fhir::issue_list issues;
+  if (!parse_any(read_file(args[1]), resource, issues)) {
+    std::cerr << fhir::to_json(fhir::to_operation_outcome(issues), {.pretty = true}) << "\n";
+    return 1;
+  }
+  std::string out;
+  if (*to == "json") {
+    fhir::write_json(resource, out, {.pretty = pretty});
+  } else if (!fhir::write_xml(resource, out, issues, {.pretty = pretty})) {
+    std::cerr << fhir::to_json(fhir::to_operation_outcome(issues), {.pretty = true}) << "\n";
+    return 1;
+  }
+  std::cout << out << "\n";
+  return 0;
+}
+
+int cmd_postgres(std::vector<std::string> args) {
+  auto data_dir = take_option(args, "--data-dir");
+  auto url_file = take_option(args, "--url-file");
+  if (args.size() != 1 || !data_dir || (args[0] != "start" && args[0] != "stop")) {
+    std::cerr << "usage: yilian postgres start|stop --data-dir DIR [--url-file FILE]\n";
+    return 2;
+  }
+  if (args[0] == "stop") {
+    gateway::embedded_postgres::stop_cluster(*data_dir);
+    std::cout << "PostgreSQL under " << *data_dir << " stopped\n";
+    return 0;
+  }
+  gateway::embedded_postgres_options options;
+  options.data_dir = *data_dir;
+  gateway::embedded_postgres pg(options);
+  pg.start();
+  pg.detach();
+  std::cout << pg.url() << "\n";
+  if (url_file) {
+    std::ofstream out(*url_file, std::ios::trunc);
+    out << pg.url() << "\n";
+    if (!out) throw std::runtime_error("cannot write " + *url_file);
+  }
+  return 0;
+}
+
+int cmd_serve(const std::vector<std::string>& args) {
+  bool help = false;
+  gateway::settings s = gateway::parse_settings(args, help);
+  if (help) {
+    std::cout << gateway::settings_help();
+    return 0;
+  }
+  // Signals are taken by a dedicated wait below: block them before any thread starts.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  std::optional<gateway::embedded_postgres> pg;
+  std::string url = s.database_url;
+  if (url.empty()) {
+    gateway::embedded_postgres_options options;
+    options.data_dir = s.data_dir;
+    pg.emplace(options);
+    std::cout << "Starting the embedded PostgreSQL under " << std::filesystem::absolute(s.data_dir).string()
+              << " ..." << std::endl;
+    pg->start();
+    url = pg->url();
+  }
+  int exit_code = 0;
+  {
+    gateway::resource_store store(url, s.workers);
+    store.migrate();
+    gateway::request_context ctx;
+    for (const auto& path : s.load) {
+      auto report = adapters::load_fhir_files(store, ctx, path);
+      std::cout << "Loaded " << path << ": " << report.stored << " stored, " << report.unchanged << " unchanged, "
+                << report.rejected << " rejected" << std::endl;
+      for (const auto& e : report.errors) std::cout << "  rejected " << e << "\n";
+    }
+
+    gateway::metrics stats;
+    gateway::fhir_api api(store, {.base_path = "/fhir", .base_url = s.base_url});
+    gateway::gateway_service service(store, api, stats);
+    gateway::worker_pool workers(s.workers);
+    std::mutex log_mutex;
+    bool access_log = s.access_log;
+    auto observer = [&](const gateway::request_log_entry& e) {
+      stats.record(e);
+      if (!access_log) return;
+      char line[96];
+      std::snprintf(line, sizeof line, " %d %zuB %.2fms\n", e.status, e.response_bytes,
+                    static_cast<double>(e.duration.count()) / 1000.0);
+      std::string text = utc_now() + " " + e.remote_address + " \"" + e.method + " " + e.target + "\"" + line;
+      std::lock_guard lock(log_mutex);
+      std::fwrite(text.data(), 1, text.size(), stdout);
+      std::fflush(stdout);
+    };
+    gateway::http_server server({.host = s.listen_host,
+                                 .port = s.listen_port,
+                                 .io_threads = s.io_threads,
+                                 .body_limit = s.body_limit,
+                                 .read_timeout = s.read_timeout,
+                                 .idle_timeout = s.idle_timeout},
+                                [&service](const gateway::http_request& r) { return service.handle(r); }, workers,
+                                observer);
+    server.start();
+    std::string host = s.listen_host.find(':') != std::string::npos ? "[" + s.listen_host + "]" : s.listen_host;
+    std::cout << "Yilian " << version << " is listening on http://" << host << ":" << server.port() << "/fhir"
+              << " (PostgreSQL: " << (pg ? "embedded, under " + s.data_dir : std::string("external")) << ")\n"
+              << "Stop it with Ctrl-C or: kill -TERM " << getpid() << std::endl;
+    int sig = 0;
+    sigwait(&signals, &sig);
+    std::cout << "Received " << (sig == SIGINT ? "SIGINT" : "SIGTERM")
+              << ": finishing in-flight requests, then stopping" << std::endl;
+    server.stop();
+    server.wait();
+    workers.shutdown();
+  }
+  if (pg) {
+    pg->stop();
+    std::cout << "Embedded PostgreSQL stopped" << std::endl;
+  }
+  return exit_code;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty() || args[0] == "help" || args[0] == "--help" || args[0] == "-h") {
+    std::cout << usage;
+    return args.empty() ? 2 : 0;
+  }
+  std::string command = args[0];
+  args.erase(args.begin());
+  try {
+    if (command == "serve") return cmd_serve(args);
+    if (command == "postgres") return cmd_postgres(args);
+    if (command == "validate") return cmd_validate(args);
+    if (command == "convert") return cmd_convert(args);
+    if (command == "version" || command == "--version") {
+      std::cout << "yilian " << version << " (FHIR R4 4.0.1)\n";
+      return 0;
+    }
+    std::cerr << "yilian: unknown command '" << command << "'\n\n" << usage;
+    return 2;
+  } catch (const std::invalid_argument& e) {
+    std::cerr << "yilian " << command << ": " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "yilian " << command << ": " << e.what() << "\n";
+    return 1;
+  }
+}

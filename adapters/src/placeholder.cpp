@@ -1,1 +1,0 @@
-namespace yilian { int adapters_placeholder = 0; }
