@@ -18,6 +18,7 @@
 #include "yilian/fhir/json_patch.hpp"
 #include "yilian/fhir/validator.hpp"
 #include "yilian/fhir/xml.hpp"
+#include "yilian/profiles/alliance.hpp"
 
 namespace yilian::gateway {
 namespace {
@@ -421,6 +422,8 @@ struct fhir_api::impl {
     issue_list issues;
     if (!fhir::validate_resource(resource, issues, {.check_required_bindings = true, .expected_type = type}, defs))
       throw api_error{400, std::move(issues)};
+    profiles::check_alliance_rules(resource, issues);
+    if (issues.has_errors()) throw api_error{422, std::move(issues)};
     return resource;
   }
 

@@ -1,1 +1,0 @@
-namespace yilian { int mappers_placeholder = 0; }

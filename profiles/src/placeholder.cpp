@@ -1,1 +1,0 @@
-namespace yilian { int profiles_placeholder = 0; }
