@@ -9,7 +9,13 @@ endfunction()
 # yilian_add_test_executable(NAME dir): one doctest executable per test folder.
 function(yilian_add_test_executable target dir)
   file(GLOB sources CONFIGURE_DEPENDS ${dir}/*.cpp)
-  add_executable(${target} ${sources} ${CMAKE_SOURCE_DIR}/tests/doctest_main.cpp)
+  if(NOT TARGET yilian_doctest_main)
+    add_library(yilian_doctest_main STATIC ${CMAKE_SOURCE_DIR}/tests/doctest_main.cpp)
+    target_include_directories(yilian_doctest_main PRIVATE ${DOCTEST_INCLUDE_DIR})
+  endif()
+  add_executable(${target} ${sources})
+  target_link_libraries(${target} PRIVATE yilian_doctest_main)
+  add_dependencies(${target} yilian)
   target_include_directories(${target} PRIVATE ${DOCTEST_INCLUDE_DIR} ${CMAKE_SOURCE_DIR}/tests)
   target_compile_definitions(${target} PRIVATE
     YILIAN_SOURCE_DIR="${CMAKE_SOURCE_DIR}"
