@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <charconv>
 #include <chrono>
 #include <cstdio>
@@ -61,15 +62,35 @@ struct parsed_target {
   }
 };
 
+// Clients (curl users especially) send characters RFC 3986 does not allow unencoded, such as the
+// '|' of token searches; encode them before the strict URL grammar sees them, as HAPI accepts them.
+std::string encode_lenient(std::string_view text) {
+  static const char* hex = "0123456789ABCDEF";
+  std::string out;
+  out.reserve(text.size());
+  for (unsigned char ch : text) {
+    bool allowed = std::isalnum(ch) || std::string_view("-._~!$&'()*+,;=:@/?%").find(static_cast<char>(ch)) !=
+                                           std::string_view::npos;
+    if (allowed) {
+      out.push_back(static_cast<char>(ch));
+    } else {
+      out.push_back('%');
+      out.push_back(hex[ch >> 4]);
+      out.push_back(hex[ch & 15]);
+    }
+  }
+  return out;
+}
+
 void parse_form(std::string_view text, std::vector<query_param>& out) {
-  std::string with_question = "/?";
-  with_question.append(text);
+  std::string with_question = "/?" + encode_lenient(text);
   auto u = boost::urls::parse_origin_form(with_question);
   if (!u) fail(400, issue_type::invalid, "Malformed form body");
   for (auto p : u->params()) out.push_back({std::string(p.key), p.has_value ? std::string(p.value) : std::string()});
 }
 
-parsed_target parse_target(std::string_view target, std::string_view base_path) {
+parsed_target parse_target(std::string_view raw_target, std::string_view base_path) {
+  std::string target = encode_lenient(raw_target);
   auto u = boost::urls::parse_origin_form(target);
   if (!u) fail(400, issue_type::invalid, "Malformed request target");
   parsed_target out;
