@@ -1,0 +1,244 @@
+#include "yilian/fhir/definitions.hpp"
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <regex>
+#include <stdexcept>
+#include <string>
+
+using yilian::fhir::binding_strength;
+using yilian::fhir::definitions;
+using yilian::fhir::element_def;
+using yilian::fhir::json_primitive;
+using yilian::fhir::type_kind;
+
+namespace {
+
+const definitions& r4() { return definitions::r4(); }
+
+std::vector<std::string> child_names(const element_def& e) {
+  std::vector<std::string> out;
+  REQUIRE(e.children != nullptr);
+  for (const element_def* c : *e.children) out.push_back(c->name);
+  return out;
+}
+
+bool contains(const std::vector<std::string>& v, const std::string& s) {
+  return std::find(v.begin(), v.end(), s) != v.end();
+}
+
+}  // namespace
+
+TEST_CASE("definitions: R4 has 146 concrete resource types, sorted") {
+  const auto& types = r4().resource_types();
+  CHECK(types.size() == 146);
+  CHECK(std::is_sorted(types.begin(), types.end()));
+  CHECK(contains(types, "Patient"));
+  CHECK(contains(types, "Bundle"));
+  CHECK_FALSE(contains(types, "DomainResource"));
+  CHECK_FALSE(contains(types, "Resource"));
+  CHECK(r4().is_resource_type("Observation"));
+  CHECK(r4().is_resource_type("DomainResource"));  // a resource type, though abstract
+  CHECK_FALSE(r4().is_resource_type("HumanName"));
+  CHECK_FALSE(r4().is_resource_type("Unknown"));
+  CHECK(r4().find_type("Unknown") == nullptr);
+}
+
+TEST_CASE("definitions: Patient.name is 0..* HumanName and resolves to HumanName's elements") {
+  const auto* patient = r4().find_type("Patient");
+  REQUIRE(patient != nullptr);
+  CHECK(patient->kind == type_kind::resource);
+  CHECK(patient->base == "DomainResource");
+  CHECK_FALSE(patient->is_abstract);
+
+  const auto names = child_names(patient->root);
+  // Inherited elements come first, in definition order.
+  REQUIRE(names.size() > 5);
+  CHECK(names[0] == "id");
+  CHECK(names[1] == "meta");
+  CHECK(contains(names, "text"));
+  CHECK(contains(names, "contained"));
+  CHECK(contains(names, "extension"));
+
+  const element_def* name = r4().find_child(patient->root, "name");
+  REQUIRE(name != nullptr);
+  CHECK(name->path == "Patient.name");
+  CHECK(name->min == 0);
+  CHECK(name->max == yilian::fhir::unbounded);
+  CHECK(name->is_array());
+  REQUIRE(name->type_codes.size() == 1);
+  CHECK(name->type_codes[0] == "HumanName");
+  CHECK(name->is_summary);
+  CHECK(name->children == r4().find_type("HumanName")->root.children);
+
+  const element_def* given = r4().find_element("Patient.name.given");
+  REQUIRE(given != nullptr);
+  CHECK(given->path == "HumanName.given");
+  CHECK(given->type_codes == std::vector<std::string>{"string"});
+  REQUIRE(given->children != nullptr);
+  CHECK(given->children->empty());  // primitive-valued
+
+  const element_def* gender = r4().find_element("Patient.gender");
+  REQUIRE(gender != nullptr);
+  CHECK(gender->binding == binding_strength::required);
+  CHECK(gender->value_set == "http://hl7.org/fhir/ValueSet/administrative-gender");
+
+  const element_def* gp = r4().find_element("Patient.generalPractitioner");
+  REQUIRE(gp != nullptr);
+  CHECK(contains(gp->target_profiles, "Practitioner"));
+  CHECK(contains(gp->target_profiles, "Organization"));
+
+  CHECK(r4().find_element("Patient.active")->is_modifier);
+  CHECK(r4().find_element("Patient.nope") == nullptr);
+  CHECK(r4().find_element("Nope.name") == nullptr);
+}
+
+TEST_CASE("definitions: choice elements (Observation.value[x])") {
+  const auto* observation = r4().find_type("Observation");
+  REQUIRE(observation != nullptr);
+  std::string chosen;
+  const element_def* value = r4().find_child(observation->root, "valueQuantity", &chosen);
+  REQUIRE(value != nullptr);
+  CHECK(value->name == "value[x]");
+  CHECK(value->is_choice());
+  CHECK(value->choice_base() == "value");
+  CHECK(chosen == "Quantity");
+
+  CHECK(r4().find_child(observation->root, "valueDateTime", &chosen) == value);
+  CHECK(chosen == "dateTime");
+  CHECK(r4().find_child(observation->root, "valueString", &chosen) == value);
+  CHECK(chosen == "string");
+  CHECK(r4().find_child(observation->root, "valueHumanName") == nullptr);  // not an allowed type
+  CHECK(r4().find_child(observation->root, "value") == nullptr);
+  CHECK(r4().find_child(observation->root, "valuequantity") == nullptr);
+
+  CHECK(r4().find_element("Observation.value[x]") == value);
+  const element_def* unit = r4().find_element("Observation.valueQuantity.unit");
+  REQUIRE(unit != nullptr);
+  CHECK(unit->path == "Quantity.unit");
+
+  // Non-choice children report their single type.
+  CHECK(r4().find_child(observation->root, "status", &chosen) != nullptr);
+  CHECK(chosen == "code");
+}
+
+TEST_CASE("definitions: contentReference (Questionnaire.item.item)") {
+  const element_def* item = r4().find_element("Questionnaire.item");
+  const element_def* nested = r4().find_element("Questionnaire.item.item");
+  REQUIRE(item != nullptr);
+  REQUIRE(nested != nullptr);
+  CHECK(nested->content_reference == "#Questionnaire.item");
+  CHECK(nested->children == item->children);
+  const element_def* link_id = r4().find_element("Questionnaire.item.item.linkId");
+  REQUIRE(link_id != nullptr);
+  CHECK(link_id->path == "Questionnaire.item.linkId");
+  CHECK(r4().find_element("Questionnaire.item.item.item.item.text") != nullptr);
+}
+
+TEST_CASE("definitions: structural flags (xml attributes, xhtml, resource-typed elements)") {
+  const element_def* url = r4().find_element("Extension.url");
+  REQUIRE(url != nullptr);
+  CHECK(url->xml_attribute);
+  CHECK(url->type_codes == std::vector<std::string>{"uri"});
+  const element_def* id = r4().find_element("Element.id");
+  REQUIRE(id != nullptr);
+  CHECK(id->xml_attribute);
+  CHECK(id->type_codes == std::vector<std::string>{"string"});
+  const element_def* div = r4().find_element("Narrative.div");
+  REQUIRE(div != nullptr);
+  CHECK(div->xhtml);
+  CHECK(r4().find_element("Patient.text.div") == div);
+
+  const element_def* resource = r4().find_element("Bundle.entry.resource");
+  REQUIRE(resource != nullptr);
+  CHECK(resource->type_codes == std::vector<std::string>{"Resource"});
+  REQUIRE(resource->children != nullptr);
+  CHECK(resource->children->empty());  // shape comes from the resourceType in the data
+}
+
+TEST_CASE("definitions: primitive types") {
+  const auto* date = r4().find_type("date");
+  REQUIRE(date != nullptr);
+  CHECK(date->kind == type_kind::primitive_type);
+  CHECK(date->json == json_primitive::string);
+  REQUIRE_FALSE(date->regex.empty());
+  std::regex date_rx(date->regex);
+  CHECK(std::regex_match("2024-02-29", date_rx));
+  CHECK(std::regex_match("2024", date_rx));
+  CHECK_FALSE(std::regex_match("2024-13", date_rx));
+  // The root lists id and extension (the shape of JSON's "_date"), never `value`.
+  CHECK(child_names(date->root) == std::vector<std::string>{"id", "extension"});
+
+  CHECK(r4().find_type("decimal")->json == json_primitive::number);
+  CHECK(r4().find_type("integer")->json == json_primitive::number);
+  CHECK(r4().find_type("positiveInt")->json == json_primitive::number);
+  CHECK(r4().find_type("unsignedInt")->json == json_primitive::number);
+  CHECK(r4().find_type("boolean")->json == json_primitive::boolean);
+  CHECK(r4().find_type("string")->json == json_primitive::string);
+  CHECK(r4().find_type("instant")->json == json_primitive::string);
+  CHECK(r4().find_type("HumanName")->kind == type_kind::complex_type);
+}
+
+TEST_CASE("definitions: required value sets") {
+  const auto* gender = r4().value_set_codes("http://hl7.org/fhir/ValueSet/administrative-gender");
+  REQUIRE(gender != nullptr);
+  CHECK(gender->size() == 4);
+  for (const char* code : {"male", "female", "other", "unknown"})
+    CHECK(gender->count(std::string("http://hl7.org/fhir/administrative-gender|") + code) == 1);
+  CHECK(r4().value_set_codes("http://hl7.org/fhir/ValueSet/administrative-gender|4.0.1") == gender);
+
+  const auto* status = r4().value_set_codes("http://hl7.org/fhir/ValueSet/observation-status");
+  REQUIRE(status != nullptr);
+  CHECK(status->count("http://hl7.org/fhir/observation-status|final") == 1);
+
+  CHECK(r4().value_set_codes("http://hl7.org/fhir/ValueSet/mimetypes") == nullptr);
+  CHECK(r4().value_set_codes("http://example.org/nope") == nullptr);
+}
+
+TEST_CASE("definitions: search parameters") {
+  const auto params = r4().search_params("Patient");
+  auto find = [&](const std::string& code) -> const yilian::fhir::search_param_def* {
+    for (const auto* p : params)
+      if (p->code == code) return p;
+    return nullptr;
+  };
+  const auto* identifier = find("identifier");
+  REQUIRE(identifier != nullptr);
+  CHECK(identifier->type == "token");
+  CHECK(identifier->expression == "Patient.identifier");
+  for (const char* code : {"_id", "_lastUpdated", "_tag", "_profile", "_security", "_source", "_text", "_content"})
+    CHECK_MESSAGE(find(code) != nullptr, code);
+  CHECK(find("_id")->type == "token");
+  CHECK(find("_lastUpdated")->type == "date");
+
+  CHECK(r4().find_search_param("Patient", "identifier") == identifier);
+  CHECK(r4().find_search_param("Patient", "_id") == find("_id"));
+  CHECK(r4().find_search_param("Patient", "code") == nullptr);
+
+  // Bundle is not a DomainResource: no _text, but _id.
+  CHECK(r4().find_search_param("Bundle", "_text") == nullptr);
+  CHECK(r4().find_search_param("Bundle", "_id") != nullptr);
+
+  const auto* subject = r4().find_search_param("Observation", "subject");
+  REQUIRE(subject != nullptr);
+  CHECK(subject->type == "reference");
+  CHECK(std::find(subject->target.begin(), subject->target.end(), "Patient") != subject->target.end());
+
+  const auto* code_value = r4().find_search_param("Observation", "code-value-quantity");
+  REQUIRE(code_value != nullptr);
+  CHECK(code_value->type == "composite");
+  CHECK(code_value->components.size() == 2);
+}
+
+TEST_CASE("definitions: load() rejects malformed documents") {
+  CHECK_THROWS_AS(definitions::load("not json"), std::runtime_error);
+  CHECK_THROWS_AS(definitions::load("{}"), std::runtime_error);
+  CHECK_THROWS_AS(definitions::load(R"({"types":[{"name":"X","kind":"resource","elements":[{"p":"Y"}]}]})"),
+                  std::runtime_error);
+  auto small = definitions::load(
+      R"({"types":[{"name":"X","kind":"resource","elements":[{"p":"X"},{"p":"X.a","max":"*","t":["string"]}]}]})");
+  REQUIRE(small != nullptr);
+  CHECK(small->resource_types() == std::vector<std::string>{"X"});
+  CHECK(small->find_element("X.a")->max == yilian::fhir::unbounded);
+}
