@@ -1,0 +1,615 @@
+// PostgreSQL resource store: a pool of connections with prepared statements; each write is one
+// transaction holding the history row, the current row and every participant's rows (indexes).
+//
+// The JSON is stored as `text`, not `bytea`: libpqxx 6.4 returns text fields as they arrive from
+// libpq (no copy, no decoding), while bytea comes back hex-encoded and needs PQunescapeBytea (a
+// second pass and an allocation twice the size) on every read. The serialised FHIR JSON is valid
+// UTF-8 without NUL bytes, so text loses nothing.
+#include "yilian/gateway/resource_store.hpp"
+
+#include <openssl/rand.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstdio>
+#include <ctime>
+#include <deque>
+#include <mutex>
+#include <random>
+
+#include <pqxx/pqxx>
+
+#include "store_internal.hpp"
+#include "yilian/fhir/json.hpp"
+
+namespace yilian::gateway {
+
+namespace {
+
+constexpr int max_attempts = 8;  // retries of a write transaction on unique/serialisation conflicts
+
+const char* const instant_sql = R"(to_char(last_updated AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"+00:00"'))";
+
+std::string now_instant() {
+  auto now = std::chrono::system_clock::now();
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count();
+  std::time_t secs = static_cast<std::time_t>(ms / 1000);
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03d+00:00", tm.tm_year + 1900, tm.tm_mon + 1,
+                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms % 1000));
+  return buf;
+}
+
+std::string new_id() {
+  unsigned char b[16];
+  if (RAND_bytes(b, sizeof b) != 1) {
+    std::random_device rd;
+    for (auto& c : b) c = static_cast<unsigned char>(rd());
+  }
+  b[6] = static_cast<unsigned char>((b[6] & 0x0f) | 0x40);
+  b[8] = static_cast<unsigned char>((b[8] & 0x3f) | 0x80);
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (int i = 0; i < 16; ++i) {
+    if (i == 4 || i == 6 || i == 8 || i == 10) out += '-';
+    out += hex[b[i] >> 4];
+    out += hex[b[i] & 15];
+  }
+  return out;
+}
+
+std::string field(const pqxx::field& f) { return std::string(f.c_str(), f.size()); }
+
+// Sets id, meta.versionId, meta.lastUpdated in place: id after resourceType, meta after id when
+// absent; other meta members are kept.
+void stamp(fhir::value& resource, const std::string& id, std::int64_t version, const std::string& instant) {
+  auto& members = resource.members();
+  auto position_after = [&](std::string_view name) {
+    auto it = std::find_if(members.begin(), members.end(), [&](const fhir::member& m) { return m.name == name; });
+    return it == members.end() ? members.begin() : it + 1;
+  };
+  if (fhir::value* existing = resource.find("id")) {
+    *existing = fhir::value::make_string(id);
+  } else {
+    members.insert(position_after("resourceType"), fhir::member{"id", fhir::value::make_string(id)});
+  }
+  fhir::value* meta = resource.find("meta");
+  if (!meta || !meta->is_object()) {
+    if (meta) resource.erase("meta");
+    meta = &members.insert(position_after("id"), fhir::member{"meta", fhir::value::make_object()})->val;
+  }
+  meta->set("versionId", fhir::value::make_string(std::to_string(version)));
+  meta->set("lastUpdated", fhir::value::make_string(instant));
+}
+
+std::string patient_ref_id(const fhir::value* ref) {
+  if (!ref || !ref->is_object()) return {};
+  const fhir::value* r = ref->find("reference");
+  if (!r || !r->is_string()) return {};
+  std::string_view s = r->text();
+  constexpr std::string_view prefix = "Patient/";
+  if (s.substr(0, prefix.size()) != prefix) return {};
+  s.remove_prefix(prefix.size());
+  if (s.empty() || s.find('/') != std::string_view::npos) return {};
+  return std::string(s);
+}
+
+std::string compartment_of(std::string_view type, const std::string& id, const fhir::value* content) {
+  if (type == "Patient") return id;
+  if (!content) return {};
+  if (auto s = patient_ref_id(content->find("subject")); !s.empty()) return s;
+  return patient_ref_id(content->find("patient"));
+}
+
+// Criteria → SQL condition on resource_current `c`, parameters appended to `params`.
+std::string criteria_sql(const std::vector<criterion>& criteria, std::vector<std::string>& params) {
+  std::string sql;
+  auto p = [&](std::string v) {
+    params.push_back(std::move(v));
+    return "$" + std::to_string(params.size());
+  };
+  for (const auto& c : criteria) {
+    if (c.name == "_id") {
+      std::string list;
+      for (const auto& id : detail::split_or_list(c.value)) list += (list.empty() ? "" : ", ") + p(id);
+      sql += " AND c.res_id IN (" + list + ")";
+    } else if (c.name == "identifier") {
+      std::string alts;
+      for (const auto& t : detail::parse_token(c.value)) {
+        std::string cond;
+        if (!t.has_system) {
+          cond = "t.code = " + p(t.code);
+        } else if (t.code.empty()) {
+          if (t.system.empty()) continue;  // "|": matches nothing meaningful
+          cond = "t.system = " + p(t.system);
+        } else {
+          cond = "t.code = " + p(t.code) + " AND t.system = " + p(t.system);
+        }
+        alts += (alts.empty() ? "(" : " OR (") + cond + ")";
+      }
+      if (alts.empty()) alts = "false";
+      sql += " AND EXISTS (SELECT 1 FROM index_token t WHERE t.tenant = c.tenant AND t.res_type = c.res_type"
+             " AND t.res_id = c.res_id AND t.param = 'identifier' AND (" +
+             alts + "))";
+    } else {
+      throw store_error(store_error_kind::invalid_criteria,
+                        "Search parameter '" + c.name + "' is not supported for conditional operations yet "
+                        "(supported: _id, identifier)");
+    }
+  }
+  return sql;
+}
+
+std::string normalised_criteria(const std::vector<criterion>& criteria) {
+  std::vector<std::string> parts;
+  for (const auto& c : criteria) parts.push_back(c.name + "=" + c.value);
+  std::sort(parts.begin(), parts.end());
+  std::string out;
+  for (const auto& s : parts) out += s + "&";
+  return out;
+}
+
+// "2026", "2026-11" → a value PostgreSQL casts to timestamptz.
+std::string since_value(const std::string& s) {
+  if (s.size() == 4) return s + "-01-01T00:00:00Z";
+  if (s.size() == 7) return s + "-01T00:00:00Z";
+  return s;
+}
+
+void prepare_all(pqxx::connection_base& c) {
+  const std::string instant = instant_sql;
+  c.prepare("read", "SELECT version, " + instant + ", deleted, body FROM resource_current "
+                    "WHERE tenant = $1 AND res_type = $2 AND res_id = $3");
+  c.prepare("vread", "SELECT " + instant + ", deleted, body, method FROM resource_version "
+                     "WHERE tenant = $1 AND res_type = $2 AND res_id = $3 AND version = $4");
+  c.prepare("current_for_update", "SELECT version, deleted FROM resource_current "
+                                  "WHERE tenant = $1 AND res_type = $2 AND res_id = $3 FOR UPDATE");
+  c.prepare("insert_version",
+            "INSERT INTO resource_version (tenant, res_type, res_id, version, last_updated, deleted, method, "
+            "compartment, body) VALUES ($1, $2, $3, $4, $5::timestamptz, $6, $7, $8, $9)");
+  c.prepare("insert_current",
+            "INSERT INTO resource_current (tenant, res_type, res_id, version, last_updated, deleted, compartment, "
+            "body) VALUES ($1, $2, $3, $4, $5::timestamptz, $6, $7, $8)");
+  c.prepare("update_current",
+            "UPDATE resource_current SET version = $4, last_updated = $5::timestamptz, deleted = $6, "
+            "compartment = $7, body = $8 WHERE tenant = $1 AND res_type = $2 AND res_id = $3");
+  c.prepare("index_token_delete",
+            "DELETE FROM index_token WHERE tenant = $1 AND res_type = $2 AND res_id = $3 AND param = $4");
+  c.prepare("advisory_lock", "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))");
+}
+
+struct pending_event {
+  stored_resource resource;
+  std::optional<fhir::value> content;
+  std::string compartment;
+};
+
+}  // namespace
+
+struct resource_store::impl {
+  std::string url;
+  std::mutex mutex;
+  std::condition_variable available;
+  std::vector<std::unique_ptr<pqxx::connection>> connections;
+  std::vector<pqxx::connection*> free;
+  std::vector<std::shared_ptr<write_participant>> participants;
+
+  std::unique_ptr<pqxx::connection> open() {
+    auto c = std::make_unique<pqxx::connection>(url);
+    prepare_all(*c);
+    return c;
+  }
+
+  pqxx::connection_base* acquire() {
+    pqxx::connection* c = nullptr;
+    {
+      std::unique_lock lock(mutex);
+      available.wait(lock, [&] { return !free.empty(); });
+      c = free.back();
+      free.pop_back();
+    }
+    if (c->is_open()) return c;
+    // Broken earlier: reconnect now (outside the lock; the slot is ours).
+    try {
+      auto fresh = open();
+      std::lock_guard lock(mutex);
+      for (auto& slot : connections)
+        if (slot.get() == c) {
+          slot = std::move(fresh);
+          return slot.get();
+        }
+    } catch (...) {
+      release(c);
+      throw;
+    }
+    return c;
+  }
+
+  void release(pqxx::connection_base* c) {
+    {
+      std::lock_guard lock(mutex);
+      free.push_back(static_cast<pqxx::connection*>(c));
+    }
+    available.notify_one();
+  }
+
+  std::vector<std::shared_ptr<write_participant>> participants_copy() {
+    std::lock_guard lock(mutex);
+    return participants;
+  }
+};
+
+resource_store::connection_lease::~connection_lease() {
+  if (c_) store_->impl_->release(c_);
+}
+
+resource_store::connection_lease resource_store::acquire() { return connection_lease(*this, impl_->acquire()); }
+
+resource_store::resource_store(std::string database_url, unsigned connections) : impl_(std::make_unique<impl>()) {
+  impl_->url = std::move(database_url);
+  if (connections == 0) connections = 1;
+  for (unsigned i = 0; i < connections; ++i) {
+    impl_->connections.push_back(impl_->open());
+    impl_->free.push_back(impl_->connections.back().get());
+  }
+  impl_->participants.push_back(std::make_shared<detail::identifier_indexer>());
+}
+
+resource_store::~resource_store() = default;
+
+int resource_store::schema_version() noexcept { return detail::migrations().back().version; }
+
+void resource_store::add_participant(std::shared_ptr<write_participant> participant) {
+  std::lock_guard lock(impl_->mutex);
+  impl_->participants.push_back(std::move(participant));
+}
+
+void resource_store::migrate() {
+  auto lease = acquire();
+  pqxx::work tx(*lease);
+  // Serialise concurrent gateways migrating the same database.
+  tx.exec("SELECT pg_advisory_xact_lock(7952148635120493)");
+  tx.exec("CREATE TABLE IF NOT EXISTS yilian_schema (version int NOT NULL PRIMARY KEY, "
+          "applied_at timestamptz NOT NULL DEFAULT now())");
+  auto r = tx.exec("SELECT coalesce(max(version), 0) FROM yilian_schema");
+  int current = r[0][0].as<int>();
+  if (current > schema_version())
+    throw store_error(store_error_kind::schema_too_new,
+                      "the database schema is version " + std::to_string(current) + ", newer than this yilian (" +
+                          std::to_string(schema_version()) + "): upgrade yilian or use another database");
+  for (const auto& m : detail::migrations()) {
+    if (m.version <= current) continue;
+    tx.exec(m.sql);
+    tx.exec_params("INSERT INTO yilian_schema (version) VALUES ($1)", m.version);
+  }
+  tx.commit();
+}
+
+namespace {
+
+// Runs `body(tx, events)` in a transaction on a pooled connection, retrying on unique
+// violations, serialisation failures and deadlocks; then the participants' after_commit.
+template <typename F>
+auto run_write(resource_store& store, const std::vector<std::shared_ptr<write_participant>>& participants,
+               const request_context& ctx, F&& body) {
+  for (int attempt = 1;; ++attempt) {
+    std::deque<pending_event> events;
+    auto lease = store.acquire();
+    try {
+      pqxx::work tx(*lease);
+      auto result = body(tx, events);
+      for (auto& e : events) {
+        write_event we{&ctx, &e.resource, e.content ? &*e.content : nullptr, e.compartment};
+        for (auto& p : participants) p->in_transaction(tx, we);
+      }
+      tx.commit();
+      for (auto& e : events) {
+        write_event we{&ctx, &e.resource, e.content ? &*e.content : nullptr, e.compartment};
+        for (auto& p : participants) p->after_commit(we);
+      }
+      return result;
+    } catch (const pqxx::unique_violation&) {
+      if (attempt >= max_attempts) throw;
+    } catch (const pqxx::serialization_failure&) {
+      if (attempt >= max_attempts) throw;
+    } catch (const pqxx::deadlock_detected&) {
+      if (attempt >= max_attempts) throw;
+    } catch (const pqxx::broken_connection&) {
+      lease->disconnect();
+      throw;
+    }
+  }
+}
+
+// Writes one new version (content = null: a deletion marker). Returns nullopt when deleting
+// something missing or already deleted.
+std::optional<stored_resource> write_version(pqxx::work& tx, std::deque<pending_event>& events,
+                                             const request_context& ctx, std::string_view type, const std::string& id,
+                                             const fhir::value* content, std::string_view method,
+                                             std::optional<std::int64_t> if_match, bool* created) {
+  const std::string e_type(type);
+  const std::string& e_id = id;
+  auto cur = tx.exec_prepared("current_for_update", ctx.tenant, e_type, e_id);
+  std::optional<std::int64_t> old_version;
+  bool old_deleted = false;
+  if (!cur.empty()) {
+    old_version = cur[0][0].as<std::int64_t>();
+    old_deleted = cur[0][1].as<bool>();
+  }
+  if (if_match && (!old_version || *old_version != *if_match))
+    throw store_error(store_error_kind::version_conflict,
+                      "If-Match version " + std::to_string(*if_match) + " does not match the current version " +
+                          (old_version ? std::to_string(*old_version) : std::string("(none)")) + " of " +
+                          std::string(type) + "/" + id);
+  if (!content && (!old_version || old_deleted)) return std::nullopt;
+
+  pending_event& e = events.emplace_back();
+  e.resource.type = std::string(type);
+  e.resource.id = id;
+  e.resource.version = old_version ? *old_version + 1 : 1;
+  e.resource.last_updated = now_instant();
+  e.resource.deleted = content == nullptr;
+  e.resource.method = std::string(method);
+  if (content) {
+    e.content = *content;
+    stamp(*e.content, id, e.resource.version, e.resource.last_updated);
+    e.resource.json = fhir::to_json(*e.content);
+  }
+  e.compartment = compartment_of(type, id, content);
+  if (created) *created = !old_version || old_deleted;
+  const char* compartment = e.compartment.empty() ? nullptr : e.compartment.c_str();
+  tx.exec_prepared("insert_version", ctx.tenant, e_type, e_id, e.resource.version, e.resource.last_updated,
+                   e.resource.deleted, e.resource.method, compartment, e.resource.json);
+  tx.exec_prepared(old_version ? "update_current" : "insert_current", ctx.tenant, e_type, e_id, e.resource.version,
+                   e.resource.last_updated, e.resource.deleted, compartment, e.resource.json);
+  return e.resource;
+}
+
+std::vector<std::string> find_ids_tx(pqxx::transaction_base& tx, const request_context& ctx, std::string_view type,
+                                     const std::vector<criterion>& criteria, std::size_t limit) {
+  std::vector<std::string> params{ctx.tenant, std::string(type)};
+  std::string sql = "SELECT c.res_id FROM resource_current c WHERE c.tenant = $1 AND c.res_type = $2 AND NOT c.deleted";
+  sql += criteria_sql(criteria, params);
+  params.push_back(std::to_string(limit));
+  sql += " ORDER BY c.res_id LIMIT $" + std::to_string(params.size());
+  std::vector<std::string> ids;
+  for (const auto& row : tx.exec_params(sql, pqxx::prepare::make_dynamic_params(params))) ids.push_back(field(row[0]));
+  return ids;
+}
+
+void lock_criteria(pqxx::transaction_base& tx, const request_context& ctx, std::string_view type,
+                   const std::vector<criterion>& criteria) {
+  std::string key = ctx.tenant + '\x1f' + std::string(type) + '\x1f' + normalised_criteria(criteria);
+  tx.exec_prepared("advisory_lock", key);
+}
+
+void check_criteria(const std::vector<criterion>& criteria) {
+  if (criteria.empty())
+    throw store_error(store_error_kind::invalid_criteria, "A conditional operation needs at least one criterion");
+  std::vector<std::string> ignored;
+  criteria_sql(criteria, ignored);  // throws invalid_criteria for unsupported parameters
+}
+
+std::string body_id(const fhir::value& resource) {
+  const fhir::value* id = resource.find("id");
+  return id && id->is_string() ? id->text() : std::string();
+}
+
+}  // namespace
+
+std::optional<stored_resource> resource_store::read(const request_context& ctx, std::string_view type,
+                                                    std::string_view id) {
+  const std::string e_type(type), e_id(id);
+  auto lease = acquire();
+  try {
+    pqxx::nontransaction tx(*lease);  // one statement: no BEGIN/COMMIT round trips
+    auto r = tx.exec_prepared("read", ctx.tenant, e_type, e_id);
+    if (r.empty()) return std::nullopt;
+    stored_resource s;
+    s.type = std::string(type);
+    s.id = std::string(id);
+    s.version = r[0][0].as<std::int64_t>();
+    s.last_updated = field(r[0][1]);
+    s.deleted = r[0][2].as<bool>();
+    s.json = field(r[0][3]);
+    return s;
+  } catch (const pqxx::broken_connection&) {
+    lease->disconnect();
+    throw;
+  }
+}
+
+std::optional<stored_resource> resource_store::vread(const request_context& ctx, std::string_view type,
+                                                     std::string_view id, std::int64_t version) {
+  const std::string e_type(type), e_id(id);
+  auto lease = acquire();
+  try {
+    pqxx::nontransaction tx(*lease);
+    auto r = tx.exec_prepared("vread", ctx.tenant, e_type, e_id, version);
+    if (r.empty()) return std::nullopt;
+    stored_resource s;
+    s.type = std::string(type);
+    s.id = std::string(id);
+    s.version = version;
+    s.last_updated = field(r[0][0]);
+    s.deleted = r[0][1].as<bool>();
+    s.json = field(r[0][2]);
+    s.method = field(r[0][3]);
+    return s;
+  } catch (const pqxx::broken_connection&) {
+    lease->disconnect();
+    throw;
+  }
+}
+
+write_result resource_store::create(const request_context& ctx, std::string_view type, fhir::value resource,
+                                    const std::vector<criterion>* if_none_exist) {
+  if (if_none_exist) check_criteria(*if_none_exist);
+  return run_write(*this, impl_->participants_copy(), ctx, [&](pqxx::work& tx, std::deque<pending_event>& events) {
+    write_result w;
+    if (if_none_exist) {
+      lock_criteria(tx, ctx, type, *if_none_exist);
+      auto ids = find_ids_tx(tx, ctx, type, *if_none_exist, 2);
+      if (ids.size() > 1)
+        throw store_error(store_error_kind::multiple_matches,
+                          "If-None-Exist matched more than one " + std::string(type));
+      if (ids.size() == 1) {
+        auto r = tx.exec_prepared("read", ctx.tenant, std::string(type), ids[0]);
+        w.resource.type = std::string(type);
+        w.resource.id = ids[0];
+        w.resource.version = r[0][0].as<std::int64_t>();
+        w.resource.last_updated = field(r[0][1]);
+        w.resource.json = field(r[0][3]);
+        w.unchanged = true;
+        return w;
+      }
+    }
+    w.resource = *write_version(tx, events, ctx, type, new_id(), &resource, "POST", std::nullopt, nullptr);
+    w.created = true;
+    return w;
+  });
+}
+
+write_result resource_store::update(const request_context& ctx, std::string_view type, std::string_view id,
+                                    fhir::value resource, std::optional<std::int64_t> if_match,
+                                    std::string_view method) {
+  std::string rid(id);
+  return run_write(*this, impl_->participants_copy(), ctx, [&](pqxx::work& tx, std::deque<pending_event>& events) {
+    write_result w;
+    w.resource = *write_version(tx, events, ctx, type, rid, &resource, method, if_match, &w.created);
+    return w;
+  });
+}
+
+write_result resource_store::conditional_update(const request_context& ctx, std::string_view type,
+                                                const std::vector<criterion>& criteria, fhir::value resource) {
+  check_criteria(criteria);
+  return run_write(*this, impl_->participants_copy(), ctx, [&](pqxx::work& tx, std::deque<pending_event>& events) {
+    lock_criteria(tx, ctx, type, criteria);
+    auto ids = find_ids_tx(tx, ctx, type, criteria, 2);
+    if (ids.size() > 1)
+      throw store_error(store_error_kind::multiple_matches,
+                        "The conditional update criteria matched more than one " + std::string(type));
+    std::string given = body_id(resource);
+    write_result w;
+    if (ids.empty()) {
+      std::string id = given.empty() ? new_id() : given;
+      w.resource = *write_version(tx, events, ctx, type, id, &resource, "PUT", std::nullopt, &w.created);
+      return w;
+    }
+    if (!given.empty() && given != ids[0])
+      throw store_error(store_error_kind::invalid_criteria,
+                        "The resource id '" + given + "' differs from the matched resource " + std::string(type) +
+                            "/" + ids[0]);
+    w.resource = *write_version(tx, events, ctx, type, ids[0], &resource, "PUT", std::nullopt, &w.created);
+    return w;
+  });
+}
+
+std::optional<stored_resource> resource_store::remove(const request_context& ctx, std::string_view type,
+                                                      std::string_view id, std::optional<std::int64_t> if_match) {
+  std::string rid(id);
+  return run_write(*this, impl_->participants_copy(), ctx, [&](pqxx::work& tx, std::deque<pending_event>& events) {
+    return write_version(tx, events, ctx, type, rid, nullptr, "DELETE", if_match, nullptr);
+  });
+}
+
+std::vector<stored_resource> resource_store::conditional_remove(const request_context& ctx, std::string_view type,
+                                                                const std::vector<criterion>& criteria,
+                                                                bool allow_multiple) {
+  check_criteria(criteria);
+  return run_write(*this, impl_->participants_copy(), ctx, [&](pqxx::work& tx, std::deque<pending_event>& events) {
+    lock_criteria(tx, ctx, type, criteria);
+    auto ids = find_ids_tx(tx, ctx, type, criteria, allow_multiple ? 1000000 : 2);
+    if (!allow_multiple && ids.size() > 1)
+      throw store_error(store_error_kind::multiple_matches,
+                        "The conditional delete criteria matched more than one " + std::string(type));
+    std::vector<stored_resource> out;
+    for (const auto& id : ids)
+      if (auto r = write_version(tx, events, ctx, type, id, nullptr, "DELETE", std::nullopt, nullptr))
+        out.push_back(std::move(*r));
+    return out;
+  });
+}
+
+std::vector<std::string> resource_store::find_ids(const request_context& ctx, std::string_view type,
+                                                  const std::vector<criterion>& criteria, std::size_t limit) {
+  auto lease = acquire();
+  pqxx::nontransaction tx(*lease);
+  return find_ids_tx(tx, ctx, type, criteria, limit);
+}
+
+history_page resource_store::history(const request_context& ctx, const history_query& query) {
+  std::vector<std::string> params{ctx.tenant};
+  std::string where = " WHERE tenant = $1";
+  if (query.type) {
+    params.push_back(*query.type);
+    where += " AND res_type = $" + std::to_string(params.size());
+  }
+  if (query.type && query.id) {
+    params.push_back(*query.id);
+    where += " AND res_id = $" + std::to_string(params.size());
+  }
+  if (query.since) {
+    params.push_back(since_value(*query.since));
+    where += " AND last_updated >= $" + std::to_string(params.size()) + "::timestamptz";
+  }
+  auto lease = acquire();
+  pqxx::read_transaction tx(*lease);
+  history_page page;
+  page.total = tx.exec_params("SELECT count(*) FROM resource_version" + where,
+                              pqxx::prepare::make_dynamic_params(params))[0][0]
+                   .as<std::int64_t>();
+  std::vector<std::string> p2 = params;
+  p2.push_back(std::to_string(query.count));
+  p2.push_back(std::to_string(query.offset));
+  std::string sql = std::string("SELECT res_type, res_id, version, ") + instant_sql +
+                    ", deleted, body, method FROM resource_version" + where +
+                    " ORDER BY last_updated DESC, version DESC, res_type, res_id LIMIT $" +
+                    std::to_string(p2.size() - 1) + " OFFSET $" + std::to_string(p2.size());
+  for (const auto& row : tx.exec_params(sql, pqxx::prepare::make_dynamic_params(p2))) {
+    stored_resource s;
+    s.type = field(row[0]);
+    s.id = field(row[1]);
+    s.version = row[2].as<std::int64_t>();
+    s.last_updated = field(row[3]);
+    s.deleted = row[4].as<bool>();
+    s.json = field(row[5]);
+    s.method = field(row[6]);
+    page.entries.push_back(std::move(s));
+  }
+  return page;
+}
+
+resource_store::search_page resource_store::search(const request_context& ctx, std::string_view type,
+                                                   const std::vector<criterion>& criteria, std::size_t count,
+                                                   std::size_t offset) {
+  std::vector<std::string> params{ctx.tenant, std::string(type)};
+  std::string where = " FROM resource_current c WHERE c.tenant = $1 AND c.res_type = $2 AND NOT c.deleted";
+  where += criteria_sql(criteria, params);
+  auto lease = acquire();
+  pqxx::read_transaction tx(*lease);
+  search_page page;
+  page.total =
+      tx.exec_params("SELECT count(*)" + where, pqxx::prepare::make_dynamic_params(params))[0][0].as<std::int64_t>();
+  params.push_back(std::to_string(count));
+  params.push_back(std::to_string(offset));
+  std::string sql = "SELECT c.res_id, c.version, " +
+                    std::string("to_char(c.last_updated AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"+00:00\"')") +
+                    ", c.body" + where + " ORDER BY c.res_id LIMIT $" + std::to_string(params.size() - 1) +
+                    " OFFSET $" + std::to_string(params.size());
+  for (const auto& row : tx.exec_params(sql, pqxx::prepare::make_dynamic_params(params))) {
+    stored_resource s;
+    s.type = std::string(type);
+    s.id = field(row[0]);
+    s.version = row[1].as<std::int64_t>();
+    s.last_updated = field(row[2]);
+    s.json = field(row[3]);
+    page.entries.push_back(std::move(s));
+  }
+  return page;
+}
+
+}  // namespace yilian::gateway

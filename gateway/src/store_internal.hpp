@@ -1,0 +1,39 @@
+// Private to the store: numbered migrations, the built-in identifier index, token parsing.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "yilian/gateway/resource_store.hpp"
+
+namespace yilian::gateway::detail {
+
+struct migration {
+  int version;
+  const char* description;
+  const char* sql;
+};
+
+// Ordered by version, starting at 1, no gaps.
+const std::vector<migration>& migrations();
+
+// One alternative of a token search value: `system|code`, `|code` (no system), `code` (any
+// system), `system|` (any code).
+struct token_alternative {
+  bool has_system = false;  // a `|` was present
+  std::string system;       // "" with has_system = "no system"
+  std::string code;         // "" with has_system = any code
+};
+// Splits on unescaped commas and the first unescaped `|`; `\,` `\|` `\\` are escapes.
+std::vector<token_alternative> parse_token(std::string_view value);
+std::vector<std::string> split_or_list(std::string_view value);
+
+// Writes index_token rows (param = "identifier") for every identifier[] of the resource,
+// replacing the resource's previous rows.
+class identifier_indexer : public write_participant {
+ public:
+  void in_transaction(pqxx::transaction_base& tx, const write_event& event) override;
+};
+
+}  // namespace yilian::gateway::detail
