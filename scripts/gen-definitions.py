@@ -82,6 +82,13 @@ def ext_value(exts, url):
     return None
 
 
+def is_abstract(concept):
+    for p in concept.get("property", []):
+        if p.get("code") in ("notSelectable", "abstract") and p.get("valueBoolean") is True:
+            return True
+    return False
+
+
 def strip_version(url):
     return url.split("|", 1)[0]
 
@@ -183,7 +190,8 @@ class Terminology:
             if url and vs.get("expansion") and url not in self.expansions:
                 self.expansions[url] = vs["expansion"]
 
-    def system_codes(self, system):
+    def system_codes(self, system, selectable_only=True):
+        """All codes of a complete CodeSystem; abstract (notSelectable) ones only if asked."""
         cs = self.code_systems.get(system)
         if not cs or cs.get("content") != "complete":
             return None
@@ -191,7 +199,7 @@ class Terminology:
 
         def walk(concepts):
             for c in concepts:
-                if c.get("code"):
+                if c.get("code") and not (selectable_only and is_abstract(c)):
                     out.append(c["code"])
                 walk(c.get("concept", []))
         walk(cs.get("concept", []))
@@ -223,9 +231,10 @@ class Terminology:
             if c != code or include_self:
                 out.append(c)
             stack.extend(children.get(c, []))
-        if code not in self.system_codes(system):
+        if code not in self.system_codes(system, selectable_only=False):
             return None
-        return out
+        abstract = set(self.system_codes(system, selectable_only=False)) - set(self.system_codes(system))
+        return [c for c in out if c not in abstract]
 
     def include_codes(self, inc, depth):
         """Set of "system|code" for one compose.include/exclude, or None if unresolvable."""

@@ -192,6 +192,12 @@ TEST_CASE("definitions: required value sets") {
   REQUIRE(status != nullptr);
   CHECK(status->count("http://hl7.org/fhir/observation-status|final") == 1);
 
+  // Abstract (notSelectable) codes of a whole-system include are not allowed in data.
+  const auto* item_type = r4().value_set_codes("http://hl7.org/fhir/ValueSet/item-type");
+  REQUIRE(item_type != nullptr);
+  CHECK(item_type->count("http://hl7.org/fhir/item-type|group") == 1);
+  CHECK(item_type->count("http://hl7.org/fhir/item-type|question") == 0);
+
   CHECK(r4().value_set_codes("http://hl7.org/fhir/ValueSet/mimetypes") == nullptr);
   CHECK(r4().value_set_codes("http://example.org/nope") == nullptr);
 }
@@ -229,6 +235,18 @@ TEST_CASE("definitions: search parameters") {
   REQUIRE(code_value != nullptr);
   CHECK(code_value->type == "composite");
   CHECK(code_value->components.size() == 2);
+}
+
+TEST_CASE("definitions: every element path resolves to itself") {
+  for (const auto& name : r4().resource_types()) {
+    const auto* type = r4().find_type(name);
+    REQUIRE(type != nullptr);
+    REQUIRE(type->root.children != nullptr);
+    for (const element_def* child : *type->root.children) {
+      CHECK(child->children != nullptr);
+      CHECK(r4().find_element(child->path) == child);
+    }
+  }
 }
 
 TEST_CASE("definitions: load() rejects malformed documents") {

@@ -7,6 +7,15 @@
 // whose `children` are its direct elements in definition order (the order XML needs). An
 // element's children are either inline (BackboneElement), the children of its single datatype
 // (e.g. HumanName), or those of the element a contentReference names (Questionnaire.item.item).
+// After loading, `children` is never null; it is an empty list for:
+//  - primitive-valued elements (Patient.birthDate): the JSON companion "_birthDate" has the shape of
+//    the primitive type's root, find_type("date")->root.children = {id, extension};
+//  - choice elements (Observation.value[x]): find_child reports the chosen type, whose root
+//    (find_type(chosen)->root) gives the children;
+//  - Resource-typed elements (Bundle.entry.resource, DomainResource.contained): the resourceType in
+//    the data names the type.
+// A primitive type's `<type>.value` element (string.value) is never a child: it is the JSON value
+// itself or the XML value attribute. find_element("string.value") still finds it.
 #pragma once
 
 #include <cstdint>
@@ -47,8 +56,9 @@ struct element_def {
   bool xml_attribute = false;            // representation xmlAttr (Element.id, Extension.url)
   bool xhtml = false;                    // Narrative.div
 
-  // Resolved by the loader: direct children in definition order; empty for primitive-valued
-  // elements. For a datatype-typed element this points at the datatype's children.
+  // Resolved by the loader (never null after loading): direct children in definition order; empty
+  // for primitive-valued, choice and Resource-typed elements. For a datatype-typed element this
+  // points at the datatype's children (the same list for every HumanName).
   const std::vector<const element_def*>* children = nullptr;
 
   bool is_choice() const noexcept { return name.size() > 3 && name.ends_with("[x]"); }
@@ -100,7 +110,8 @@ class definitions {
   const std::vector<std::string>& resource_types() const noexcept { return resource_types_; }
 
   // Child of `parent` (a type root or an element) named as in JSON. For a choice element the JSON
-  // name carries the type ("valueQuantity"): `chosen_type` receives "Quantity".
+  // name carries the type ("valueQuantity"): `chosen_type` receives "Quantity". For other children
+  // it receives the element's type code if it has exactly one, else "" (contentReference).
   const element_def* find_child(const element_def& parent, std::string_view json_name,
                                 std::string* chosen_type = nullptr) const noexcept;
 
@@ -108,12 +119,13 @@ class definitions {
   // and contentReferences.
   const element_def* find_element(std::string_view path) const noexcept;
 
-  // Codes allowed by a value set used in a required binding, as "system|code"; nullopt when the
-  // set is not expandable from the definitions (too large, filtered, external).
+  // Codes allowed by a value set used in a required binding, as "system|code" (a "|version" on
+  // `url` is ignored); nullptr when the set is not expandable from the definitions (too large,
+  // unresolvable filter, external code system such as mimetypes or UCUM): skip the check then.
   const std::unordered_set<std::string>* value_set_codes(std::string_view url) const noexcept;
 
   // Search parameters applicable to a resource type (including those based on Resource and
-  // DomainResource).
+  // DomainResource): the type's own first, then inherited ones.
   std::vector<const search_param_def*> search_params(std::string_view resource_type) const;
   const search_param_def* find_search_param(std::string_view resource_type, std::string_view code) const noexcept;
   const std::vector<search_param_def>& all_search_params() const noexcept { return search_params_; }
