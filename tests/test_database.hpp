@@ -11,11 +11,10 @@
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
+#include <pqxx/pqxx>
 #include <stdexcept>
 #include <string>
 #include <string_view>
-
-#include <pqxx/pqxx>
 
 namespace yilian::test {
 

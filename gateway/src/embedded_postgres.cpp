@@ -19,12 +19,11 @@
 #include <fstream>
 #include <iostream>
 #include <optional>
+#include <pqxx/pqxx>
 #include <sstream>
 #include <stdexcept>
 #include <system_error>
 #include <vector>
-
-#include <pqxx/pqxx>
 
 namespace yilian::gateway {
 namespace {
@@ -195,7 +194,9 @@ struct layout {
   bool relocated = false;  // cluster outside data_dir (root, data_dir not enterable by postgres)
 };
 
-fs::path location_note(const fs::path& data_dir) { return data_dir / "postgres.location"; }
+fs::path location_note(const fs::path& data_dir) {
+  return data_dir / "postgres.location";
+}
 
 layout compute_layout(const fs::path& data_dir_in, const std::optional<run_as>& user) {
   layout l;
@@ -286,8 +287,7 @@ void embedded_postgres::start() {
   if (lock_fd_ < 0) {
     fs::path lock_path = options_.data_dir / "yilian.lock";
     int fd = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (fd < 0)
-      throw std::runtime_error("cannot open lock file " + lock_path.string() + ": " + std::strerror(errno));
+    if (fd < 0) throw std::runtime_error("cannot open lock file " + lock_path.string() + ": " + std::strerror(errno));
     if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
       int err = errno;
       std::string pid = read_file_text(lock_path);
@@ -321,8 +321,8 @@ void embedded_postgres::start() {
     if (!told) {
       told = true;
       std::cerr << "yilian: " << l.data_dir.string()
-                << " is not reachable by the postgres user; the PostgreSQL cluster lives in "
-                << l.cluster_dir.string() << " (see " << location_note(l.data_dir).string() << ")\n";
+                << " is not reachable by the postgres user; the PostgreSQL cluster lives in " << l.cluster_dir.string()
+                << " (see " << location_note(l.data_dir).string() << ")\n";
     }
   }
   make_dir(l.socket_dir, 0700, user);
@@ -365,9 +365,8 @@ void embedded_postgres::start() {
     // it is ours to use and to stop.
     started_ = true;
   } else {
-    auto r = run_child({bin + "/pg_ctl", "start", "-w", "-t", "120", "-D", l.cluster_dir.string(), "-l",
-                        l.log_file.string()},
-                       user);
+    auto r = run_child(
+        {bin + "/pg_ctl", "start", "-w", "-t", "120", "-D", l.cluster_dir.string(), "-l", l.log_file.string()}, user);
     if (r.status != 0)
       throw std::runtime_error("PostgreSQL did not start (cluster " + l.cluster_dir.string() + ", log " +
                                l.log_file.string() + "):\n" + tail_lines(r.output, 5) + "\n" +
@@ -407,7 +406,9 @@ void embedded_postgres::stop() {
     throw std::runtime_error("pg_ctl stop failed for " + cluster_dir_.string() + ":\n" + tail_lines(r.output, 10));
 }
 
-std::string embedded_postgres::url() const { return url_for(options_.database); }
+std::string embedded_postgres::url() const {
+  return url_for(options_.database);
+}
 
 std::string embedded_postgres::url_for(std::string_view database) const {
   return "postgresql:///" + percent_encode(database) + "?host=" + percent_encode(socket_dir_.string()) +

@@ -15,9 +15,8 @@
 #include <ctime>
 #include <deque>
 #include <mutex>
-#include <random>
-
 #include <pqxx/pqxx>
+#include <random>
 
 #include "store_internal.hpp"
 #include "yilian/fhir/json.hpp"
@@ -60,7 +59,9 @@ std::string new_id() {
   return out;
 }
 
-std::string field(const pqxx::field& f) { return std::string(f.c_str(), f.size()); }
+std::string field(const pqxx::field& f) {
+  return std::string(f.c_str(), f.size());
+}
 
 // Sets id, meta.versionId, meta.lastUpdated in place: id after resourceType, meta after id when
 // absent; other meta members are kept.
@@ -130,13 +131,14 @@ std::string criteria_sql(const std::vector<criterion>& criteria, std::vector<std
         alts += (alts.empty() ? "(" : " OR (") + cond + ")";
       }
       if (alts.empty()) alts = "false";
-      sql += " AND EXISTS (SELECT 1 FROM index_token t WHERE t.tenant = c.tenant AND t.res_type = c.res_type"
-             " AND t.res_id = c.res_id AND t.param = 'identifier' AND (" +
-             alts + "))";
+      sql +=
+          " AND EXISTS (SELECT 1 FROM index_token t WHERE t.tenant = c.tenant AND t.res_type = c.res_type"
+          " AND t.res_id = c.res_id AND t.param = 'identifier' AND (" +
+          alts + "))";
     } else {
-      throw store_error(store_error_kind::invalid_criteria,
-                        "Search parameter '" + c.name + "' is not supported for conditional operations yet "
-                        "(supported: _id, identifier)");
+      throw store_error(store_error_kind::invalid_criteria, "Search parameter '" + c.name +
+                                                                "' is not supported for conditional operations yet "
+                                                                "(supported: _id, identifier)");
     }
   }
   return sql;
@@ -160,12 +162,15 @@ std::string since_value(const std::string& s) {
 
 void prepare_all(pqxx::connection_base& c) {
   const std::string instant = instant_sql;
-  c.prepare("read", "SELECT version, " + instant + ", deleted, body FROM resource_current "
-                    "WHERE tenant = $1 AND res_type = $2 AND res_id = $3");
-  c.prepare("vread", "SELECT " + instant + ", deleted, body, method FROM resource_version "
-                     "WHERE tenant = $1 AND res_type = $2 AND res_id = $3 AND version = $4");
-  c.prepare("current_for_update", "SELECT version, deleted FROM resource_current "
-                                  "WHERE tenant = $1 AND res_type = $2 AND res_id = $3 FOR UPDATE");
+  c.prepare("read", "SELECT version, " + instant +
+                        ", deleted, body FROM resource_current "
+                        "WHERE tenant = $1 AND res_type = $2 AND res_id = $3");
+  c.prepare("vread", "SELECT " + instant +
+                         ", deleted, body, method FROM resource_version "
+                         "WHERE tenant = $1 AND res_type = $2 AND res_id = $3 AND version = $4");
+  c.prepare("current_for_update",
+            "SELECT version, deleted FROM resource_current "
+            "WHERE tenant = $1 AND res_type = $2 AND res_id = $3 FOR UPDATE");
   c.prepare("insert_version",
             "INSERT INTO resource_version (tenant, res_type, res_id, version, last_updated, deleted, method, "
             "compartment, body) VALUES ($1, $2, $3, $4, $5::timestamptz, $6, $7, $8, $9)");
@@ -245,7 +250,9 @@ resource_store::connection_lease::~connection_lease() {
   if (c_) store_->impl_->release(c_);
 }
 
-resource_store::connection_lease resource_store::acquire() { return connection_lease(*this, impl_->acquire()); }
+resource_store::connection_lease resource_store::acquire() {
+  return connection_lease(*this, impl_->acquire());
+}
 
 resource_store::resource_store(std::string database_url, unsigned connections) : impl_(std::make_unique<impl>()) {
   impl_->url = std::move(database_url);
@@ -259,7 +266,9 @@ resource_store::resource_store(std::string database_url, unsigned connections) :
 
 resource_store::~resource_store() = default;
 
-int resource_store::schema_version() noexcept { return detail::migrations().back().version; }
+int resource_store::schema_version() noexcept {
+  return detail::migrations().back().version;
+}
 
 void resource_store::add_participant(std::shared_ptr<write_participant> participant) {
   std::lock_guard lock(impl_->mutex);
@@ -271,8 +280,9 @@ void resource_store::migrate() {
   pqxx::work tx(*lease);
   // Serialise concurrent gateways migrating the same database.
   tx.exec("SELECT pg_advisory_xact_lock(7952148635120493)");
-  tx.exec("CREATE TABLE IF NOT EXISTS yilian_schema (version int NOT NULL PRIMARY KEY, "
-          "applied_at timestamptz NOT NULL DEFAULT now())");
+  tx.exec(
+      "CREATE TABLE IF NOT EXISTS yilian_schema (version int NOT NULL PRIMARY KEY, "
+      "applied_at timestamptz NOT NULL DEFAULT now())");
   auto r = tx.exec("SELECT coalesce(max(version), 0) FROM yilian_schema");
   int current = r[0][0].as<int>();
   if (current > schema_version())
@@ -317,8 +327,25 @@ auto run_write(resource_store& store, const std::vector<std::shared_ptr<write_pa
     } catch (const pqxx::deadlock_detected&) {
       if (attempt >= max_attempts) throw;
     } catch (const pqxx::broken_connection&) {
+      // The server rolled the transaction back (a failure during COMMIT itself is an
+      // in_doubt_error, never retried): reconnect on the next acquire and try again.
       lease->disconnect();
-      throw;
+      if (attempt >= 2) throw;
+    }
+  }
+}
+
+// Runs a read-only `body(connection)`; a connection that broke since its last use (server
+// restart, idle timeout) is replaced and the read retried once.
+template <typename F>
+auto run_read(resource_store& store, F&& body) {
+  for (int attempt = 1;; ++attempt) {
+    auto lease = store.acquire();
+    try {
+      return body(*lease);
+    } catch (const pqxx::broken_connection&) {
+      lease->disconnect();
+      if (attempt >= 2) throw;
     }
   }
 }
@@ -402,46 +429,38 @@ std::string body_id(const fhir::value& resource) {
 std::optional<stored_resource> resource_store::read(const request_context& ctx, std::string_view type,
                                                     std::string_view id) {
   const std::string e_type(type), e_id(id);
-  auto lease = acquire();
-  try {
-    pqxx::nontransaction tx(*lease);  // one statement: no BEGIN/COMMIT round trips
+  return run_read(*this, [&](pqxx::connection_base& c) -> std::optional<stored_resource> {
+    pqxx::nontransaction tx(c);  // one statement: no BEGIN/COMMIT round trips
     auto r = tx.exec_prepared("read", ctx.tenant, e_type, e_id);
     if (r.empty()) return std::nullopt;
     stored_resource s;
-    s.type = std::string(type);
-    s.id = std::string(id);
+    s.type = e_type;
+    s.id = e_id;
     s.version = r[0][0].as<std::int64_t>();
     s.last_updated = field(r[0][1]);
     s.deleted = r[0][2].as<bool>();
     s.json = field(r[0][3]);
     return s;
-  } catch (const pqxx::broken_connection&) {
-    lease->disconnect();
-    throw;
-  }
+  });
 }
 
 std::optional<stored_resource> resource_store::vread(const request_context& ctx, std::string_view type,
                                                      std::string_view id, std::int64_t version) {
   const std::string e_type(type), e_id(id);
-  auto lease = acquire();
-  try {
-    pqxx::nontransaction tx(*lease);
+  return run_read(*this, [&](pqxx::connection_base& c) -> std::optional<stored_resource> {
+    pqxx::nontransaction tx(c);
     auto r = tx.exec_prepared("vread", ctx.tenant, e_type, e_id, version);
     if (r.empty()) return std::nullopt;
     stored_resource s;
-    s.type = std::string(type);
-    s.id = std::string(id);
+    s.type = e_type;
+    s.id = e_id;
     s.version = version;
     s.last_updated = field(r[0][0]);
     s.deleted = r[0][1].as<bool>();
     s.json = field(r[0][2]);
     s.method = field(r[0][3]);
     return s;
-  } catch (const pqxx::broken_connection&) {
-    lease->disconnect();
-    throw;
-  }
+  });
 }
 
 write_result resource_store::create(const request_context& ctx, std::string_view type, fhir::value resource,
@@ -500,9 +519,9 @@ write_result resource_store::conditional_update(const request_context& ctx, std:
       return w;
     }
     if (!given.empty() && given != ids[0])
-      throw store_error(store_error_kind::invalid_criteria,
-                        "The resource id '" + given + "' differs from the matched resource " + std::string(type) +
-                            "/" + ids[0]);
+      throw store_error(
+          store_error_kind::invalid_criteria,
+          "The resource id '" + given + "' differs from the matched resource " + std::string(type) + "/" + ids[0]);
     w.resource = *write_version(tx, events, ctx, type, ids[0], &resource, "PUT", std::nullopt, &w.created);
     return w;
   });
@@ -536,9 +555,10 @@ std::vector<stored_resource> resource_store::conditional_remove(const request_co
 
 std::vector<std::string> resource_store::find_ids(const request_context& ctx, std::string_view type,
                                                   const std::vector<criterion>& criteria, std::size_t limit) {
-  auto lease = acquire();
-  pqxx::nontransaction tx(*lease);
-  return find_ids_tx(tx, ctx, type, criteria, limit);
+  return run_read(*this, [&](pqxx::connection_base& c) {
+    pqxx::nontransaction tx(c);
+    return find_ids_tx(tx, ctx, type, criteria, limit);
+  });
 }
 
 history_page resource_store::history(const request_context& ctx, const history_query& query) {
@@ -556,60 +576,64 @@ history_page resource_store::history(const request_context& ctx, const history_q
     params.push_back(since_value(*query.since));
     where += " AND last_updated >= $" + std::to_string(params.size()) + "::timestamptz";
   }
-  auto lease = acquire();
-  pqxx::read_transaction tx(*lease);
-  history_page page;
-  page.total = tx.exec_params("SELECT count(*) FROM resource_version" + where,
-                              pqxx::prepare::make_dynamic_params(params))[0][0]
-                   .as<std::int64_t>();
-  std::vector<std::string> p2 = params;
-  p2.push_back(std::to_string(query.count));
-  p2.push_back(std::to_string(query.offset));
-  std::string sql = std::string("SELECT res_type, res_id, version, ") + instant_sql +
-                    ", deleted, body, method FROM resource_version" + where +
-                    " ORDER BY last_updated DESC, version DESC, res_type, res_id LIMIT $" +
-                    std::to_string(p2.size() - 1) + " OFFSET $" + std::to_string(p2.size());
-  for (const auto& row : tx.exec_params(sql, pqxx::prepare::make_dynamic_params(p2))) {
-    stored_resource s;
-    s.type = field(row[0]);
-    s.id = field(row[1]);
-    s.version = row[2].as<std::int64_t>();
-    s.last_updated = field(row[3]);
-    s.deleted = row[4].as<bool>();
-    s.json = field(row[5]);
-    s.method = field(row[6]);
-    page.entries.push_back(std::move(s));
-  }
-  return page;
+  return run_read(*this, [&](pqxx::connection_base& c) {
+    pqxx::read_transaction tx(c);
+    history_page page;
+    page.total = tx.exec_params("SELECT count(*) FROM resource_version" + where,
+                                pqxx::prepare::make_dynamic_params(params))[0][0]
+                     .as<std::int64_t>();
+    std::vector<std::string> p2 = params;
+    p2.push_back(std::to_string(query.count));
+    p2.push_back(std::to_string(query.offset));
+    std::string sql = std::string("SELECT res_type, res_id, version, ") + instant_sql +
+                      ", deleted, body, method FROM resource_version" + where +
+                      " ORDER BY last_updated DESC, version DESC, res_type, res_id LIMIT $" +
+                      std::to_string(p2.size() - 1) + " OFFSET $" + std::to_string(p2.size());
+    for (const auto& row : tx.exec_params(sql, pqxx::prepare::make_dynamic_params(p2))) {
+      stored_resource s;
+      s.type = field(row[0]);
+      s.id = field(row[1]);
+      s.version = row[2].as<std::int64_t>();
+      s.last_updated = field(row[3]);
+      s.deleted = row[4].as<bool>();
+      s.json = field(row[5]);
+      s.method = field(row[6]);
+      page.entries.push_back(std::move(s));
+    }
+    return page;
+  });
 }
 
 resource_store::search_page resource_store::search(const request_context& ctx, std::string_view type,
                                                    const std::vector<criterion>& criteria, std::size_t count,
                                                    std::size_t offset) {
-  std::vector<std::string> params{ctx.tenant, std::string(type)};
+  std::vector<std::string> base_params{ctx.tenant, std::string(type)};
   std::string where = " FROM resource_current c WHERE c.tenant = $1 AND c.res_type = $2 AND NOT c.deleted";
-  where += criteria_sql(criteria, params);
-  auto lease = acquire();
-  pqxx::read_transaction tx(*lease);
-  search_page page;
-  page.total =
-      tx.exec_params("SELECT count(*)" + where, pqxx::prepare::make_dynamic_params(params))[0][0].as<std::int64_t>();
-  params.push_back(std::to_string(count));
-  params.push_back(std::to_string(offset));
-  std::string sql = "SELECT c.res_id, c.version, " +
-                    std::string("to_char(c.last_updated AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"+00:00\"')") +
-                    ", c.body" + where + " ORDER BY c.res_id LIMIT $" + std::to_string(params.size() - 1) +
-                    " OFFSET $" + std::to_string(params.size());
-  for (const auto& row : tx.exec_params(sql, pqxx::prepare::make_dynamic_params(params))) {
-    stored_resource s;
-    s.type = std::string(type);
-    s.id = field(row[0]);
-    s.version = row[1].as<std::int64_t>();
-    s.last_updated = field(row[2]);
-    s.json = field(row[3]);
-    page.entries.push_back(std::move(s));
-  }
-  return page;
+  where += criteria_sql(criteria, base_params);
+  return run_read(*this, [&](pqxx::connection_base& c) {
+    pqxx::read_transaction tx(c);
+    search_page page;
+    std::vector<std::string> params = base_params;
+    page.total =
+        tx.exec_params("SELECT count(*)" + where, pqxx::prepare::make_dynamic_params(params))[0][0].as<std::int64_t>();
+    params.push_back(std::to_string(count));
+    params.push_back(std::to_string(offset));
+    std::string sql =
+        "SELECT c.res_id, c.version, " +
+        std::string("to_char(c.last_updated AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"+00:00\"')") +
+        ", c.body" + where + " ORDER BY c.res_id LIMIT $" + std::to_string(params.size() - 1) + " OFFSET $" +
+        std::to_string(params.size());
+    for (const auto& row : tx.exec_params(sql, pqxx::prepare::make_dynamic_params(params))) {
+      stored_resource s;
+      s.type = std::string(type);
+      s.id = field(row[0]);
+      s.version = row[1].as<std::int64_t>();
+      s.last_updated = field(row[2]);
+      s.json = field(row[3]);
+      page.entries.push_back(std::move(s));
+    }
+    return page;
+  });
 }
 
 }  // namespace yilian::gateway

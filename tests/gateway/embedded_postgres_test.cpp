@@ -7,9 +7,8 @@
 
 #include <filesystem>
 #include <fstream>
-#include <string>
-
 #include <pqxx/pqxx>
+#include <string>
 
 using yilian::gateway::embedded_postgres;
 using yilian::gateway::embedded_postgres_options;

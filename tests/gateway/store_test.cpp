@@ -1,33 +1,31 @@
-#include "yilian/gateway/resource_store.hpp"
-
 #include <doctest/doctest.h>
 
 #include <algorithm>
 #include <atomic>
 #include <mutex>
+#include <pqxx/pqxx>
 #include <set>
 #include <thread>
 
-#include <pqxx/pqxx>
-
 #include "test_database.hpp"
+#include "yilian/gateway/resource_store.hpp"
 
 using namespace yilian;
+using fhir::value;
 using gateway::criterion;
 using gateway::request_context;
 using gateway::resource_store;
 using gateway::store_error;
 using gateway::store_error_kind;
-using fhir::value;
 
 namespace {
 
 // Skips (with a message) when not run under ctest's shared PostgreSQL fixture.
-#define YILIAN_REQUIRE_DATABASE(url, hint)                                                                   \
-  std::string url = yilian::test::fresh_database_url(hint);                                                  \
-  if (url.empty()) {                                                                                         \
+#define YILIAN_REQUIRE_DATABASE(url, hint)                                                                     \
+  std::string url = yilian::test::fresh_database_url(hint);                                                    \
+  if (url.empty()) {                                                                                           \
     MESSAGE("skipped: YILIAN_TEST_DATABASE_URL_FILE is not set (run through ctest, which starts PostgreSQL)"); \
-    return;                                                                                                  \
+    return;                                                                                                    \
   }
 
 value identifier(const std::string& system, const std::string& v) {
@@ -433,4 +431,25 @@ TEST_CASE("store: compartment column") {
   CHECK(tx.exec("SELECT compartment FROM resource_current WHERE res_id = 'p1'")[0][0].as<std::string>() == "p1");
   CHECK(tx.exec_params("SELECT compartment FROM resource_version WHERE res_id = $1", o.resource.id)[0][0]
             .as<std::string>() == "p1");
+}
+
+TEST_CASE("store: a connection killed by the server is replaced") {
+  YILIAN_REQUIRE_DATABASE(url, "reconnect");
+  resource_store store(url, 1);
+  store.migrate();
+  request_context ctx;
+  store.update(ctx, "Patient", "p1", patient());
+  auto kill_backends = [&] {
+    pqxx::connection admin(url);
+    pqxx::nontransaction tx(admin);
+    tx.exec(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()");
+  };
+  kill_backends();
+  CHECK(store.read(ctx, "Patient", "p1"));
+  kill_backends();
+  CHECK(store.update(ctx, "Patient", "p1", patient()).resource.version == 2);
+  kill_backends();
+  CHECK(store.history(ctx, gateway::history_query{}).total == 2);
 }
