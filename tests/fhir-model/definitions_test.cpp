@@ -3,9 +3,15 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <regex>
 #include <stdexcept>
 #include <string>
+
+#include <unistd.h>
 
 using yilian::fhir::binding_strength;
 using yilian::fhir::definitions;
@@ -22,6 +28,11 @@ std::vector<std::string> child_names(const element_def& e) {
   REQUIRE(e.children != nullptr);
   for (const element_def* c : *e.children) out.push_back(c->name);
   return out;
+}
+
+std::string read_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
 bool contains(const std::vector<std::string>& v, const std::string& s) {
@@ -259,4 +270,21 @@ TEST_CASE("definitions: load() rejects malformed documents") {
   REQUIRE(small != nullptr);
   CHECK(small->resource_types() == std::vector<std::string>{"X"});
   CHECK(small->find_element("X.a")->max == yilian::fhir::unbounded);
+}
+
+TEST_CASE("definitions: the committed file is what scripts/gen-definitions.py derives from the package") {
+  namespace fs = std::filesystem;
+  const fs::path package = YILIAN_FHIR_PACKAGE_DIR;
+  const fs::path source = YILIAN_SOURCE_DIR;
+  if (!fs::exists(package / "package.json") || std::system("python3 --version >/dev/null 2>&1") != 0) {
+    MESSAGE("skipped: no FHIR package at " << package.string() << " (scripts/fetch-fhir-package) or no python3");
+    return;
+  }
+  const fs::path out = fs::temp_directory_path() / ("yilian-r4-definitions-" + std::to_string(::getpid()) + ".json");
+  const std::string command = "python3 '" + (source / "scripts/gen-definitions.py").string() + "' '" +
+                              package.string() + "' '" + out.string() + "' 2>/dev/null";
+  REQUIRE(std::system(command.c_str()) == 0);
+  const bool same = read_file(out) == read_file(source / "fhir-model/definitions/r4-definitions.json");
+  fs::remove(out);
+  CHECK_MESSAGE(same, "regenerate: cmake --build <build> --target yilian_regenerate_definitions");
 }
