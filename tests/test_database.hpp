@@ -4,13 +4,16 @@
 // parallel and never see each other's rows.
 #pragma once
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cctype>
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
+#include <mutex>
 #include <pqxx/pqxx>
 #include <stdexcept>
 #include <string>
@@ -61,6 +64,26 @@ inline std::string fresh_database_url(std::string_view name_hint) {
 
   pqxx::connection c(admin);
   pqxx::nontransaction tx(c);
+  // Once per process: drop databases left by test processes that have exited, so the shared
+  // cluster does not grow run after run (names end in _<pid>_<counter>_<ticks>).
+  static std::once_flag cleaned;
+  std::call_once(cleaned, [&] {
+    for (const auto& row : tx.exec("SELECT datname FROM pg_database WHERE datname LIKE 't\\_%'")) {
+      std::string db = row[0].c_str();
+      auto last = db.rfind('_');
+      auto mid = last == std::string::npos || last == 0 ? std::string::npos : db.rfind('_', last - 1);
+      auto first = mid == std::string::npos || mid == 0 ? std::string::npos : db.rfind('_', mid - 1);
+      if (first == std::string::npos) continue;
+      long pid = std::strtol(db.c_str() + first + 1, nullptr, 10);
+      if (pid <= 0 || pid == getpid()) continue;
+      if (kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;  // still running
+      try {
+        tx.exec("DROP DATABASE IF EXISTS " + c.quote_name(db) + " WITH (FORCE)");
+      } catch (const pqxx::sql_error&) {
+        // Another test process dropped it first, or it is in use: leave it.
+      }
+    }
+  });
   tx.exec("CREATE DATABASE " + c.quote_name(name));
   return url;
 }

@@ -65,7 +65,7 @@ std::vector<token_alternative> parse_token(std::string_view value) {
 void identifier_indexer::in_transaction(pqxx::transaction_base& tx, const write_event& event) {
   const std::string& tenant = event.context->tenant;
   const stored_resource& r = *event.resource;
-  tx.exec_prepared("index_token_delete", tenant, r.type, r.id, "identifier");
+  if (r.version > 1) tx.exec_prepared("index_token_delete", tenant, r.type, r.id, "identifier");
   if (!event.content || r.deleted) return;
   const fhir::value* ids = event.content->find("identifier");
   if (!ids || !ids->is_array()) return;

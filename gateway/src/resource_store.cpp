@@ -355,15 +355,18 @@ auto run_read(resource_store& store, F&& body) {
 std::optional<stored_resource> write_version(pqxx::work& tx, std::deque<pending_event>& events,
                                              const request_context& ctx, std::string_view type, const std::string& id,
                                              const fhir::value* content, std::string_view method,
-                                             std::optional<std::int64_t> if_match, bool* created) {
+                                             std::optional<std::int64_t> if_match, bool* created,
+                                             bool fresh_id = false) {
   const std::string e_type(type);
   const std::string& e_id = id;
-  auto cur = tx.exec_prepared("current_for_update", ctx.tenant, e_type, e_id);
   std::optional<std::int64_t> old_version;
   bool old_deleted = false;
-  if (!cur.empty()) {
-    old_version = cur[0][0].as<std::int64_t>();
-    old_deleted = cur[0][1].as<bool>();
+  if (!fresh_id) {  // a new random id has no current row to lock
+    auto cur = tx.exec_prepared("current_for_update", ctx.tenant, e_type, e_id);
+    if (!cur.empty()) {
+      old_version = cur[0][0].as<std::int64_t>();
+      old_deleted = cur[0][1].as<bool>();
+    }
   }
   if (if_match && (!old_version || *old_version != *if_match))
     throw store_error(store_error_kind::version_conflict,
@@ -485,7 +488,8 @@ write_result resource_store::create(const request_context& ctx, std::string_view
         return w;
       }
     }
-    w.resource = *write_version(tx, events, ctx, type, new_id(), &resource, "POST", std::nullopt, nullptr);
+    w.resource = *write_version(tx, events, ctx, type, new_id(), &resource, "POST", std::nullopt, nullptr,
+                                /*fresh_id=*/true);
     w.created = true;
     return w;
   });
