@@ -15,11 +15,10 @@ function(yilian_add_test_executable target dir)
   endif()
   add_executable(${target} ${sources})
   target_link_libraries(${target} PRIVATE yilian_doctest_main)
-  add_dependencies(${target} yilian)
   target_include_directories(${target} PRIVATE ${DOCTEST_INCLUDE_DIR} ${CMAKE_SOURCE_DIR}/tests)
   target_compile_definitions(${target} PRIVATE
     YILIAN_SOURCE_DIR="${CMAKE_SOURCE_DIR}"
     YILIAN_SHARED_DIR="${CMAKE_SOURCE_DIR}/../shared"
     YILIAN_FHIR_PACKAGE_DIR="${YILIAN_FHIR_PACKAGE_DIR}"
-    YILIAN_BINARY="$<TARGET_FILE:yilian>")
+    YILIAN_BINARY="${CMAKE_BINARY_DIR}/yilian")
 endfunction()
