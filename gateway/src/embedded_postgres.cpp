@@ -205,8 +205,14 @@ layout compute_layout(const fs::path& data_dir_in, const std::optional<run_as>& 
   l.port = 54390 + static_cast<int>(h % 10);
   l.cluster_dir = l.data_dir / "postgres";
   l.log_file = l.data_dir / "postgres.log";
-  bool enterable = !user || can_enter(l.data_dir, *user);
-  if (!enterable) {
+  // A cluster placed elsewhere earlier stays there, even if data_dir became reachable since.
+  std::string noted;
+  if (std::ifstream note(location_note(l.data_dir)); note) std::getline(note, noted);
+  if (!noted.empty() && fs::exists(fs::path(noted) / "PG_VERSION")) {
+    l.cluster_dir = noted;
+    l.log_file = l.cluster_dir.parent_path() / "postgres.log";
+    l.relocated = true;
+  } else if (user && !can_enter(l.data_dir, *user)) {
     fs::path base = fs::path("/var/lib/yilian/clusters") / hex16(h);
     l.cluster_dir = base / "postgres";
     l.log_file = base / "postgres.log";
