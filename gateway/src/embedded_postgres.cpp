@@ -338,6 +338,10 @@ void embedded_postgres::start() {
   chown_to(l.log_file, user);
 
   if (!fs::exists(l.cluster_dir / "PG_VERSION")) {
+    if (fs::exists(l.cluster_dir) && !fs::is_empty(l.cluster_dir))
+      throw std::runtime_error(l.cluster_dir.string() +
+                               " exists but is not a PostgreSQL cluster (no PG_VERSION); move it away or "
+                               "choose another --data-dir");
     make_dir(l.cluster_dir, 0700, user);
     auto r = run_child({bin + "/initdb", "-D", l.cluster_dir.string(), "--auth=trust", "-U", "yilian",
                         "--encoding=UTF8", "--locale=C"},

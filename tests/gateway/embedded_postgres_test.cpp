@@ -158,3 +158,44 @@ TEST_CASE("embedded_postgres: as root, a data directory the postgres user cannot
   fs::remove_all(closed);
   fs::remove_all(fs::path(where).parent_path());
 }
+
+TEST_CASE("embedded_postgres: actionable errors") {
+  fs::path dir = scratch_dir("errors");
+  embedded_postgres_options options;
+  options.data_dir = dir / "data";
+  options.bin_dir = (dir / "no-such-bin").string();
+  {
+    embedded_postgres pg(options);
+    try {
+      pg.start();
+      FAIL("expected an error");
+    } catch (const std::runtime_error& e) {
+      CHECK(std::string(e.what()).find("install postgresql-15 (scripts/setup)") != std::string::npos);
+    }
+  }
+  // initdb fails: the message carries the tail of its output.
+  fs::path bin = dir / "bin";
+  fs::create_directories(bin);
+  for (const char* name : {"initdb", "pg_ctl"}) {
+    std::ofstream script(bin / name);
+    script << "#!/bin/sh\necho \"" << name << ": error: simulated failure\" >&2\nexit 1\n";
+    script.close();
+    fs::permissions(bin / name, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                                    fs::perms::others_read | fs::perms::others_exec);
+  }
+  options.bin_dir = bin.string();
+  {
+    embedded_postgres pg(options);
+    try {
+      pg.start();
+      FAIL("expected an error");
+    } catch (const std::runtime_error& e) {
+      std::string what = e.what();
+      CHECK(what.find("initdb failed") != std::string::npos);
+      CHECK(what.find("initdb: error: simulated failure") != std::string::npos);
+    }
+    CHECK_FALSE(pg.running());
+  }
+  CHECK_FALSE(fs::exists(options.data_dir / "postgres"));  // nothing half-initialised left behind
+  fs::remove_all(dir);
+}
