@@ -591,7 +591,8 @@ history_page resource_store::history(const request_context& ctx, const history_q
     p2.push_back(std::to_string(query.offset));
     std::string sql = std::string("SELECT res_type, res_id, version, ") + instant_sql +
                       ", deleted, body, method FROM resource_version" + where +
-                      " ORDER BY last_updated DESC, version DESC, res_type, res_id LIMIT $" +
+                      (query.type && query.id ? " ORDER BY version DESC LIMIT $"  // immune to clock steps
+                                              : " ORDER BY last_updated DESC, res_type, res_id, version DESC LIMIT $") +
                       std::to_string(p2.size() - 1) + " OFFSET $" + std::to_string(p2.size());
     for (const auto& row : tx.exec_params(sql, pqxx::prepare::make_dynamic_params(p2))) {
       stored_resource s;
