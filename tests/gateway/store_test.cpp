@@ -89,6 +89,26 @@ TEST_CASE("store: migrations are idempotent and a newer schema is refused") {
   CHECK(error_kind_of([&] { store.migrate(); }) == store_error_kind::schema_too_new);
 }
 
+TEST_CASE("store: gateways starting together migrate once") {
+  YILIAN_REQUIRE_DATABASE(url, "migrate_parallel");
+  std::atomic<int> errors{0};
+  std::vector<std::thread> pool;
+  for (int t = 0; t < 4; ++t)
+    pool.emplace_back([&] {
+      try {
+        resource_store store(url, 1);
+        store.migrate();
+      } catch (...) {
+        ++errors;
+      }
+    });
+  for (auto& t : pool) t.join();
+  CHECK(errors == 0);
+  pqxx::connection c(url);
+  pqxx::nontransaction tx(c);
+  CHECK(tx.exec("SELECT count(*) FROM yilian_schema")[0][0].as<int>() == resource_store::schema_version());
+}
+
 TEST_CASE("store: create, read, vread, update, delete, history") {
   YILIAN_REQUIRE_DATABASE(url, "crud");
   resource_store store(url, 2);
