@@ -197,18 +197,29 @@ TEST_CASE("validator: element paths and issue codes") {
 
 TEST_CASE("validator: never crashes on hostile input") {
   SUBCASE("deep nesting") {
-    std::string text = R"({"resourceType":"Questionnaire","status":"draft")";
-    std::string close;
-    for (int i = 0; i < 400; ++i) {
-      text += R"(,"item":[{"linkId":"x","type":"group")";
-      close += "}]";
+    // Built by hand: the JSON parser has its own depth limit.
+    value root = parse(R"({"resourceType":"Questionnaire","status":"draft"})");
+    value* parent = &root;
+    for (int i = 0; i < 2000; ++i) {
+      value item = value::make_object();
+      item.set("linkId", value::make_string("x"));
+      item.set("type", value::make_string("group"));
+      value items = value::make_array();
+      items.push_back(std::move(item));
+      parent = &parent->set("item", std::move(items)).items().back();
     }
-    text += close + "}";
-    value v;
-    issue_list parse_issues;
-    if (parse_json(text, v, parse_issues)) {
-      issue_list issues;
-      CHECK_FALSE(validate_resource(v, issues));
+    issue_list issues;
+    CHECK_FALSE(validate_resource(root, issues));
+    CHECK_MESSAGE(issues.size() == 1, describe(issues));
+    CHECK(issues.all()[0].type == issue_type::too_costly);
+  }
+  SUBCASE("choice suffixes are exact") {
+    for (const char* text : {R"({"resourceType":"Observation","status":"final","code":{"text":"x"},"valuestring":"a"})",
+                             R"({"resourceType":"Observation","status":"final","code":{"text":"x"},"valueReference":{"reference":"Patient/p"}})",
+                             R"({"resourceType":"Observation","status":"final","code":{"text":"x"},"value":"a"})"}) {
+      CAPTURE(text);
+      auto issues = validate(text);
+      CHECK_MESSAGE(has_issue(issues, issue_type::structure, "Observation." + std::string(parse(text).members().back().name)), describe(issues));
     }
   }
   SUBCASE("odd shapes") {
