@@ -219,7 +219,9 @@ TEST_CASE("validator: never crashes on hostile input") {
                              R"({"resourceType":"Observation","status":"final","code":{"text":"x"},"value":"a"})"}) {
       CAPTURE(text);
       auto issues = validate(text);
-      CHECK_MESSAGE(has_issue(issues, issue_type::structure, "Observation." + std::string(parse(text).members().back().name)), describe(issues));
+      std::string location = "Observation.";
+      location += parse(text).members().back().name;
+      CHECK_MESSAGE(has_issue(issues, issue_type::structure, location), describe(issues));
     }
   }
   SUBCASE("odd shapes") {
@@ -237,7 +239,7 @@ TEST_CASE("validator: never crashes on hostile input") {
     value names = value::make_array();
     for (int i = 0; i < 100000; ++i) {
       value n = value::make_object();
-      n.set("text", value::make_string("n" + std::to_string(i)));
+      n.set("text", value::make_string(std::to_string(i)));
       names.push_back(std::move(n));
     }
     p.set("name", std::move(names));
