@@ -452,12 +452,14 @@ class walker {
 
 bool validate_resource(const value& resource, issue_list& issues, const validation_options& options,
                        const definitions& defs) {
-  issue_list found;
-  walker w(defs, found, options);
+  std::size_t before = issues.size();
+  walker w(defs, issues, options);
   w.resource(resource, options.expected_type, false);
-  bool ok = !found.has_errors();
-  issues.append(found);
-  return ok;
+  for (std::size_t i = before; i < issues.size(); ++i) {
+    severity level = issues.all()[i].level;
+    if (level == severity::error || level == severity::fatal) return false;
+  }
+  return true;
 }
 
 }  // namespace yilian::fhir

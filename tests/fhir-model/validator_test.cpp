@@ -155,6 +155,12 @@ TEST_CASE("validator: element paths and issue codes") {
       "gender":"male","birthDate":"1952-03-04","_birthDate":{"extension":[{"url":"http://x","valueTime":"10:00:00"}]}})");
     CHECK_MESSAGE(issues.empty(), describe(issues));
   }
+  SUBCASE("the result reflects only the issues this call added") {
+    issue_list issues;
+    issues.error(issue_type::processing, "earlier problem");
+    CHECK(validate_resource(parse(R"({"resourceType":"Patient"})"), issues));
+    CHECK(issues.size() == 1);
+  }
   SUBCASE("nested path with index") {
     auto issues = validate(R"({"resourceType":"Patient","name":[{"given":["a"]},{"given":["b",""]}]})");
     CHECK_MESSAGE(has_issue(issues, issue_type::structure, "Patient.name[1].given[1]"), describe(issues));
