@@ -6,6 +6,8 @@
 // Narrative.div becomes the div's outer XML as a string. Writing walks the tree in definition order.
 #include "yilian/fhir/xml.hpp"
 
+#include "yilian/fhir/json.hpp"
+
 #include <xercesc/framework/MemBufInputSource.hpp>
 #include <xercesc/sax/EntityResolver.hpp>
 #include <xercesc/sax/ErrorHandler.hpp>
@@ -804,7 +806,13 @@ class xml_writer {
           out_ += '>';
           newline();
           if (v->is_raw_json()) {
-            error(issue_type::not_supported, "raw JSON cannot be written as XML", p);
+            // A stored resource spliced in as JSON text: parse it to write it in definition order.
+            value parsed;
+            issue_list parse_issues;
+            if (parse_json(v->text(), parsed, parse_issues))
+              resource(parsed, depth + 1, p, false);
+            else
+              error(issue_type::structure, "embedded raw JSON is not valid JSON", p);
           } else {
             resource(*v, depth + 1, p, false);
           }
@@ -990,7 +998,13 @@ bool parse_xml(std::string_view text, value& out, issue_list& issues, const defi
 bool write_xml(const value& resource, std::string& out, issue_list& issues, const xml_write_options& options,
                const definitions& defs) {
   xml_writer w(out, issues, options, defs);
-  w.resource(resource, 0, "", true);
+  if (resource.is_raw_json()) {
+    value parsed;
+    if (!parse_json(resource.text(), parsed, issues)) return false;
+    w.resource(parsed, 0, "", true);
+  } else {
+    w.resource(resource, 0, "", true);
+  }
   return w.ok();
 }
 

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -287,4 +288,28 @@ TEST_CASE("xml: every official JSON example converts JSON -> XML -> JSON unchang
   MESSAGE(files.size() << " examples round-tripped, " << failures.size() << " failed, " << known.size()
                        << " known failures skipped");
   CHECK(files.size() > 5000);
+}
+
+TEST_CASE("xml: raw JSON entries are written as XML") {
+  value bundle = json(R"({"resourceType":"Bundle","type":"searchset","entry":[{"resource":{}}]})");
+  bundle.find("entry")->items()[0].set("resource", value::make_raw_json(R"({"id":"1","resourceType":"Patient"})"));
+  CHECK(to_xml(bundle) == R"(<Bundle xmlns="http://hl7.org/fhir"><type value="searchset"/><entry><resource><Patient>)"
+                          R"(<id value="1"/></Patient></resource></entry></Bundle>)");
+}
+
+TEST_CASE("xml: throughput on the largest example") {
+  const std::filesystem::path file = std::filesystem::path(YILIAN_FHIR_PACKAGE_DIR) / "Bundle-resources.json";
+  if (!std::filesystem::exists(file)) return;
+  value v = json(read_file(file));
+  using clock = std::chrono::steady_clock;
+  auto mb_per_s = [](clock::duration d, std::size_t bytes) {
+    return static_cast<double>(bytes) / 1e6 / std::chrono::duration<double>(d).count();
+  };
+  auto t0 = clock::now();
+  std::string text = to_xml(v);
+  auto t1 = clock::now();
+  value back = xml(text);
+  auto t2 = clock::now();
+  MESSAGE("Bundle-resources.json as XML (" << text.size() / 1000000 << " MB): write " << mb_per_s(t1 - t0, text.size())
+                                           << " MB/s, parse " << mb_per_s(t2 - t1, text.size()) << " MB/s");
 }
