@@ -25,7 +25,7 @@
 #include <xercesc/util/XMLUni.hpp>
 
 #include <algorithm>
-#include <cstring>
+#include <cctype>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -470,6 +470,8 @@ class handler final : public xc::DefaultHandler {
         error(issue_type::required, "primitive element has neither a value nor extensions", f.path);
       return;
     }
+    if (f.prim.is_null() && !has_ext)
+      error(issue_type::required, "primitive element has neither a value nor extensions", f.path);
     value* values = obj.find(f.name);
     if (!values) values = &obj.set(f.name, value::make_array());
     const std::size_t index = values->items().size();

@@ -191,6 +191,10 @@ TEST_CASE("xml: malformed, unknown and hostile input become issues") {
   xml_fails(R"(<Patient xmlns="http://hl7.org/fhir"><id value="a"/><id value="b"/></Patient>)");
   xml_fails(R"(<Patient xmlns="http://hl7.org/fhir">text<id value="a"/></Patient>)");
   xml_fails(R"(<Patient xmlns="http://hl7.org/fhir" foo="bar"/>)");
+  xml_fails(R"(<Patient xmlns="http://hl7.org/fhir"><name><given/></name></Patient>)");
+  xml_fails(R"(<Patient xmlns="http://hl7.org/fhir"><birthDate/></Patient>)");
+  xml_fails(R"(<Patient xmlns="http://hl7.org/fhir"><contained/></Patient>)");
+  xml_fails(R"(<Patient xmlns="http://hl7.org/fhir"><contained><Patient/><Patient/></contained></Patient>)");
   xml_fails(R"(<Observation xmlns="http://hl7.org/fhir"><valueQuantity><value value="1.x"/></valueQuantity></Observation>)");
   xml_fails("");
 
