@@ -646,6 +646,81 @@ std::unique_ptr<xc::SAX2XMLReader> make_reader(handler& h, xc::SecurityManager& 
 // ---------------------------------------------------------------------------------------------
 // Writing
 
+// A narrative is copied verbatim after checking that it is one well-formed xhtml div (so a JSON
+// string cannot inject elements into the XML output).
+class div_checker final : public xc::DefaultHandler {
+ public:
+  div_checker() = default;
+  div_checker& operator=(const div_checker& o) {
+    ok = o.ok;
+    roots = o.roots;
+    depth = o.depth;
+    return *this;
+  }
+
+  bool ok = true;
+  int roots = 0;
+  std::size_t depth = 0;
+  void startElement(const XMLCh* const uri, const XMLCh* const localname, const XMLCh* const,
+                    const xc::Attributes&) override {
+    if (depth++ == 0) {
+      ++roots;
+      if (!equals(uri, xhtml_ns) || !equals(localname, "div")) ok = false;
+    } else if (!equals(uri, xhtml_ns)) {
+      ok = false;
+    }
+    if (depth > max_depth) throw stop_parse{};
+  }
+  void endElement(const XMLCh* const, const XMLCh* const, const XMLCh* const) override { --depth; }
+  void startDTD(const XMLCh* const, const XMLCh* const, const XMLCh* const) override { throw stop_parse{}; }
+  xc::InputSource* resolveEntity(const XMLCh* const, const XMLCh* const) override { throw stop_parse{}; }
+  void error(const xc::SAXParseException&) override { throw stop_parse{}; }
+  void fatalError(const xc::SAXParseException&) override { throw stop_parse{}; }
+};
+
+// One reader per xml_writer, reused for every narrative of the resource.
+class div_validator {
+ public:
+  div_validator() {
+    init_xerces();
+    reset();
+  }
+
+  bool well_formed(std::string_view text) {
+    if (!text.starts_with("<div") || !text.ends_with(">")) return false;
+    checker_ = div_checker{};
+    xc::MemBufInputSource source(reinterpret_cast<const XMLByte*>(text.data()), text.size(), "narrative", false);
+    source.setEncoding(xc::XMLUni::fgUTF8EncodingString);
+    try {
+      reader_->parse(source);
+    } catch (...) {
+      reset();  // a fresh reader after an aborted parse
+      return false;
+    }
+    return checker_.ok && checker_.roots == 1;
+  }
+
+ private:
+  void reset() {
+    reader_.reset(xc::XMLReaderFactory::createXMLReader());
+    reader_->setFeature(xc::XMLUni::fgSAX2CoreNameSpaces, true);
+    reader_->setFeature(xc::XMLUni::fgSAX2CoreValidation, false);
+    reader_->setFeature(xc::XMLUni::fgXercesLoadExternalDTD, false);
+    reader_->setFeature(xc::XMLUni::fgXercesDisableDefaultEntityResolution, true);
+    reader_->setFeature(xc::XMLUni::fgXercesLoadSchema, false);
+    security_.setEntityExpansionLimit(0);
+    reader_->setProperty(xc::XMLUni::fgXercesSecurityManager, &security_);
+    reader_->setContentHandler(&checker_);
+    reader_->setErrorHandler(&checker_);
+    reader_->setEntityResolver(&checker_);
+    reader_->setLexicalHandler(&checker_);
+  }
+
+  div_checker checker_;
+  xc::SecurityManager security_;
+  std::unique_ptr<xc::SAX2XMLReader> reader_;
+};
+
 class xml_writer {
  public:
   xml_writer(std::string& out, issue_list& issues, const xml_write_options& options, const definitions& defs)
@@ -899,62 +974,13 @@ class xml_writer {
   bool pretty_;
   const definitions& defs_;
   bool ok_ = true;
+  std::unique_ptr<div_validator> divs_;
 };
-
-// A narrative is copied verbatim after checking that it is one well-formed xhtml div (so a JSON
-// string cannot inject elements into the XML output).
-class div_checker final : public xc::DefaultHandler {
- public:
-  bool ok = true;
-  int roots = 0;
-  std::size_t depth = 0;
-  void startElement(const XMLCh* const uri, const XMLCh* const localname, const XMLCh* const,
-                    const xc::Attributes&) override {
-    if (depth++ == 0) {
-      ++roots;
-      if (!equals(uri, xhtml_ns) || !equals(localname, "div")) ok = false;
-    } else if (!equals(uri, xhtml_ns)) {
-      ok = false;
-    }
-    if (depth > max_depth) throw stop_parse{};
-  }
-  void endElement(const XMLCh* const, const XMLCh* const, const XMLCh* const) override { --depth; }
-  void startDTD(const XMLCh* const, const XMLCh* const, const XMLCh* const) override { throw stop_parse{}; }
-  xc::InputSource* resolveEntity(const XMLCh* const, const XMLCh* const) override { throw stop_parse{}; }
-  void error(const xc::SAXParseException&) override { throw stop_parse{}; }
-  void fatalError(const xc::SAXParseException&) override { throw stop_parse{}; }
-};
-
-bool well_formed_div(std::string_view text) {
-  if (!text.starts_with("<div") || !text.ends_with(">")) return false;
-  init_xerces();
-  div_checker checker;
-  xc::SecurityManager security;
-  std::unique_ptr<xc::SAX2XMLReader> reader(xc::XMLReaderFactory::createXMLReader());
-  reader->setFeature(xc::XMLUni::fgSAX2CoreNameSpaces, true);
-  reader->setFeature(xc::XMLUni::fgSAX2CoreValidation, false);
-  reader->setFeature(xc::XMLUni::fgXercesLoadExternalDTD, false);
-  reader->setFeature(xc::XMLUni::fgXercesDisableDefaultEntityResolution, true);
-  reader->setFeature(xc::XMLUni::fgXercesLoadSchema, false);
-  security.setEntityExpansionLimit(0);
-  reader->setProperty(xc::XMLUni::fgXercesSecurityManager, &security);
-  reader->setContentHandler(&checker);
-  reader->setErrorHandler(&checker);
-  reader->setEntityResolver(&checker);
-  reader->setLexicalHandler(&checker);
-  xc::MemBufInputSource source(reinterpret_cast<const XMLByte*>(text.data()), text.size(), "narrative", false);
-  source.setEncoding(xc::XMLUni::fgUTF8EncodingString);
-  try {
-    reader->parse(source);
-  } catch (...) {
-    return false;
-  }
-  return checker.ok && checker.roots == 1;
-}
 
 void xml_writer::xhtml(const value* v, std::size_t depth, const std::string& path) {
   if (!v || v->is_null()) return;
-  if (!v->is_string() || !well_formed_div(v->text())) {
+  if (!divs_) divs_ = std::make_unique<div_validator>();
+  if (!v->is_string() || !divs_->well_formed(v->text())) {
     error(issue_type::value, "the narrative is not a well-formed xhtml <div>", path);
     return;
   }

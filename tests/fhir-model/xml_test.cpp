@@ -174,6 +174,16 @@ TEST_CASE("xml: contained resources and the narrative div") {
   issue_list issues;
   CHECK_FALSE(write_xml(bad, out2, issues));
   CHECK(out2.find("<active") == std::string::npos);
+
+  // The writer's narrative checker recovers after a bad div: a later good one is still written.
+  value bundle = json(R"({"resourceType":"Bundle","type":"collection","entry":[{},{}]})");
+  bundle.find("entry")->items()[0].set("resource", bad);
+  bundle.find("entry")->items()[1].set("resource", v);
+  std::string out3;
+  issue_list issues3;
+  CHECK_FALSE(write_xml(bundle, out3, issues3));
+  CHECK(issues3.size() == 1);
+  CHECK(out3.find(div) != std::string::npos);
 }
 
 TEST_CASE("xml: malformed, unknown and hostile input become issues") {
