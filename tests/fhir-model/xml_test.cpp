@@ -327,3 +327,13 @@ TEST_CASE("xml: throughput on the largest example") {
   MESSAGE("Bundle-resources.json as XML (" << text.size() / 1000000 << " MB): write " << mb_per_s(t1 - t0, text.size())
                                            << " MB/s, parse " << mb_per_s(t2 - t1, text.size()) << " MB/s");
 }
+
+TEST_CASE("xml: non-ASCII text survives in values and in a re-serialised div") {
+  value p = xml("<Patient xmlns=\"http://hl7.org/fhir\" xmlns:h=\"http://www.w3.org/1999/xhtml\"><text>"
+                "<status value=\"generated\"/><h:div>\xc3\xa9 \xe4\xb8\xad \xf0\x9f\x98\x80 &#x1F600;</h:div></text>"
+                "<name><family value=\"\xc3\xa9\xe4\xb8\xad\xf0\x9f\x98\x80&#x1F600;\"/></name></Patient>");
+  CHECK(p.find("name")->items()[0].find("family")->text() == "\xc3\xa9\xe4\xb8\xad\xf0\x9f\x98\x80\xf0\x9f\x98\x80");
+  CHECK(p.find("text")->find("div")->text() ==
+        "<div xmlns=\"http://www.w3.org/1999/xhtml\">\xc3\xa9 \xe4\xb8\xad \xf0\x9f\x98\x80 \xf0\x9f\x98\x80</div>");
+  CHECK(xml(to_xml(p)) == p);
+}
