@@ -1,10 +1,14 @@
 // The only translation unit of the gateway that includes Boost.Beast/Asio (each one costs ~12 s
-// to compile). One coroutine per connection on a strand; requests run on the worker_pool and the
-// response is posted back to the connection's strand.
+// to compile). `io_threads` threads run one io_context; every connection is one coroutine on its
+// own strand. A request is parsed here, handed to the worker_pool (the handler may block on
+// PostgreSQL) and the coroutine waits on a timer that the worker cancels, through a post back to
+// the strand, once the response is ready: no I/O thread ever blocks on the handler.
 #include "yilian/gateway/http_server.hpp"
 
+#include <pthread.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -18,9 +22,12 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <condition_variable>
 #include <iostream>
+#include <mutex>
 #include <optional>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "yilian/gateway/worker_pool.hpp"
@@ -34,19 +41,44 @@ namespace http = beast::http;
 using tcp = asio::ip::tcp;
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 
+std::string json_escape(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (char c : text) {
+    auto u = static_cast<unsigned char>(c);
+    if (c == '"' || c == '\\') {
+      out.push_back('\\');
+      out.push_back(c);
+    } else if (u < 0x20) {
+      static constexpr char hex[] = "0123456789abcdef";
+      out += "\\u00";
+      out.push_back(hex[u >> 4]);
+      out.push_back(hex[u & 0xf]);
+    } else {
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
+// The transport's own errors (the FHIR layer answers everything else itself).
 http_response outcome(int status, std::string_view code, std::string_view diagnostics) {
   http_response res;
   res.status = status;
   res.set_header("Content-Type", "application/fhir+json;charset=utf-8");
-  std::string escaped;
-  for (char c : diagnostics) {
-    if (c == '"' || c == '\\') escaped.push_back('\\');
-    escaped.push_back(c);
-  }
-  res.body = R"({"resourceType":"OperationOutcome","issue":[{"severity":"error","code":")" + std::string(code) +
-             R"(","diagnostics":")" + escaped + R"("}]})";
+  res.body = R"({"resourceType":"OperationOutcome","issue":[{"severity":"error","code":")" +
+             std::string(code) + R"(","diagnostics":")" + json_escape(diagnostics) + R"("}]})";
   return res;
 }
+
+// Decrements a counter when the coroutine frame goes away, whichever way it ends.
+struct counted {
+  std::atomic<int>& counter;
+  explicit counted(std::atomic<int>& c) : counter(c) { ++counter; }
+  ~counted() { --counter; }
+  counted(const counted&) = delete;
+  counted& operator=(const counted&) = delete;
+};
 
 }  // namespace
 
@@ -56,14 +88,30 @@ struct http_server::impl {
   worker_pool& workers;
   request_observer observer;
 
+  std::vector<std::thread> threads;
+  std::uint16_t bound_port = 0;
+
+  std::atomic<bool> stopping{false};
+  std::atomic<int> in_flight{0};  // requests read and not yet answered
+  std::atomic<int> sessions{0};   // live connection coroutines
+  std::atomic<std::uint64_t> error_ids{0};
+
+  // Open connections, so stop() can close the idle ones. Guarded by connections_mutex.
+  std::mutex connections_mutex;
+  bool closing_connections = false;
+  std::uint64_t next_connection = 0;
+  std::unordered_map<std::uint64_t, std::weak_ptr<beast::tcp_stream>> connections;
+
+  // Handler calls handed to workers and not yet posted back: the io_context must outlive them.
+  std::mutex tasks_mutex;
+  std::condition_variable tasks_done;
+  int pending_tasks = 0;
+
+  // Last, so they go first: destroying the io_context destroys suspended connection coroutines,
+  // whose frames still use the members above.
   asio::io_context ioc;
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
   tcp::acceptor acceptor{ioc};
-  std::vector<std::thread> threads;
-  std::atomic<int> in_flight{0};
-  std::atomic<bool> stopping{false};
-  std::atomic<std::uint64_t> error_ids{0};
-  std::uint16_t bound_port = 0;
 
   impl(http_server_options o, request_handler h, worker_pool& w, request_observer obs)
       : options(std::move(o)), handler(std::move(h)), workers(w), observer(std::move(obs)) {}
@@ -73,121 +121,250 @@ struct http_server::impl {
       auto [ec, socket] = co_await acceptor.async_accept(asio::make_strand(ioc), use_tuple);
       if (ec) {
         if (!acceptor.is_open() || ec == asio::error::operation_aborted) co_return;
-        continue;  // e.g. too many open files: keep accepting
+        // EMFILE and friends: back off briefly instead of spinning, keep accepting.
+        asio::steady_timer pause(ioc, std::chrono::milliseconds(50));
+        co_await pause.async_wait(use_tuple);
+        continue;
       }
+      socket.set_option(tcp::no_delay(true), ec);
       auto executor = socket.get_executor();
       asio::co_spawn(executor, session(std::move(socket)), asio::detached);
     }
   }
 
-  // Runs the handler on a worker and resumes on this connection's strand when it is done.
-  asio::awaitable<http_response> run_handler(http_request request) {
-    auto executor = co_await asio::this_coro::executor;
-    auto timer = std::make_shared<asio::steady_timer>(executor, asio::steady_timer::time_point::max());
-    auto result = std::make_shared<http_response>();
-    auto done = std::make_shared<bool>(false);
-    workers.submit([this, request = std::move(request), timer, result, done, executor]() mutable {
-      try {
-        *result = handler(request);
-      } catch (const std::exception& e) {
-        auto id = ++error_ids;
-        std::cerr << "error [http " << id << "] " << request.method << " " << request.target << ": " << e.what()
-                  << std::endl;
-        *result = outcome(500, "exception",
-                          "Internal error while processing the request (correlation id http-" + std::to_string(id) +
-                              "); the server log has details");
-      }
-      asio::post(executor, [timer, done] {
-        *done = true;
-        timer->cancel();
-      });
-    });
-    while (!*done) co_await timer->async_wait(use_tuple);
-    co_return std::move(*result);
+  http_response call_handler(const http_request& request) noexcept {
+    try {
+      return handler(request);
+    } catch (const std::exception& e) {
+      return internal_error(request, e.what());
+    } catch (...) {
+      return internal_error(request, "unknown exception");
+    }
   }
 
-  asio::awaitable<void> write(beast::tcp_stream& stream, unsigned version, bool keep_alive, const http_response& r,
-                              bool head) {
-    http::response<http::string_body> res{static_cast<http::status>(r.status), version};
+  http_response internal_error(const http_request& request, std::string_view what) noexcept {
+    auto id = "http-" + std::to_string(++error_ids);
+    try {
+      std::cerr << "error [" << id << "] " << request.method << " " << request.target << ": " << what << std::endl;
+      return outcome(500, "exception",
+                     "Internal error while processing the request (correlation id " + id +
+                         "); the server log has the details");
+    } catch (...) {
+      http_response res;
+      res.status = 500;
+      return res;
+    }
+  }
+
+  // Runs the handler on a worker; resumes on this connection's strand when it is done.
+  asio::awaitable<http_response> run_handler(http_request request) {
+    auto executor = co_await asio::this_coro::executor;
+    struct state {
+      explicit state(const asio::any_io_executor& ex) : timer(ex, asio::steady_timer::time_point::max()) {}
+      asio::steady_timer timer;
+      http_response response;
+      bool done = false;
+    };
+    auto st = std::make_shared<state>(executor);
+    {
+      std::lock_guard lock(tasks_mutex);
+      ++pending_tasks;
+    }
+    workers.submit([this, request = std::move(request), st, executor]() mutable {
+      http_response response = call_handler(request);
+      asio::post(executor, [st, response = std::move(response)]() mutable {
+        st->response = std::move(response);
+        st->done = true;
+        st->timer.cancel();
+      });
+      std::lock_guard lock(tasks_mutex);
+      if (--pending_tasks == 0) tasks_done.notify_all();
+    });
+    while (!st->done) co_await st->timer.async_wait(use_tuple);
+    co_return std::move(st->response);
+  }
+
+  asio::awaitable<beast::error_code> write(beast::tcp_stream& stream, unsigned version, bool keep_alive,
+                                           const http_response& r, bool head) {
+    http::response<http::string_body> res;
+    res.version(version);
+    res.result(static_cast<unsigned>(r.status));
     res.set(http::field::server, "yilian");
-    for (const auto& h : r.headers) res.set(h.name, h.value);
+    for (const auto& h : r.headers) res.insert(h.name, h.value);
     res.keep_alive(keep_alive);
-    res.body() = r.body;
-    res.prepare_payload();
-    if (head) res.body().clear();
+    bool header_only = head || r.status == 204 || r.status == 304 || (r.status >= 100 && r.status < 200);
+    if (!(head && r.body.empty())) {
+      res.body() = r.body;
+      res.prepare_payload();  // Content-Length from the body (also for HEAD: what GET would send)
+    }
     stream.expires_after(options.read_timeout);
-    if (head) {
+    beast::error_code ec;
+    if (header_only) {
+      res.body().clear();
       http::response_serializer<http::string_body> sr{res};
-      co_await http::async_write_header(stream, sr, use_tuple);
+      std::tie(ec, std::ignore) = co_await http::async_write_header(stream, sr, use_tuple);
     } else {
-      co_await http::async_write(stream, res, use_tuple);
+      std::tie(ec, std::ignore) = co_await http::async_write(stream, res, use_tuple);
+    }
+    co_return ec;
+  }
+
+  // After an error reply on a connection the client may still be sending: read and drop what
+  // arrives for a moment so closing does not reset the connection before the reply is read.
+  asio::awaitable<void> linger(beast::tcp_stream& stream) {
+    beast::error_code ec;
+    stream.socket().shutdown(tcp::socket::shutdown_send, ec);
+    std::array<char, 16 * 1024> sink;
+    stream.expires_after(std::chrono::seconds(2));
+    for (std::size_t total = 0; total < 64 * 1024 * 1024;) {
+      auto [rec, n] = co_await stream.async_read_some(asio::buffer(sink), use_tuple);
+      if (rec) break;
+      total += n;
+    }
+  }
+
+  void log(const std::string& remote, std::string_view method, std::string_view target, int status,
+           std::size_t bytes, std::chrono::steady_clock::time_point started) {
+    if (!observer) return;
+    request_log_entry entry;
+    entry.remote_address = remote;
+    entry.method = std::string(method);
+    entry.target = std::string(target);
+    entry.status = status;
+    entry.response_bytes = bytes;
+    entry.duration =
+        std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started);
+    try {
+      observer(entry);
+    } catch (const std::exception& e) {
+      std::cerr << "error: request observer threw: " << e.what() << std::endl;
+    } catch (...) {
     }
   }
 
   asio::awaitable<void> session(tcp::socket socket) {
-    beast::tcp_stream stream(std::move(socket));
-    beast::flat_buffer buffer;
+    counted live(sessions);
+    auto stream_ptr = std::make_shared<beast::tcp_stream>(std::move(socket));
+    auto& stream = *stream_ptr;
+    std::uint64_t id = 0;
+    {
+      std::lock_guard lock(connections_mutex);
+      if (closing_connections) co_return;
+      id = next_connection++;
+      connections.emplace(id, stream_ptr);
+    }
+    struct unregister {
+      impl& self;
+      std::uint64_t id;
+      ~unregister() {
+        std::lock_guard lock(self.connections_mutex);
+        self.connections.erase(id);
+      }
+    } unregister_on_exit{*this, id};
+
     std::string remote;
     {
       beast::error_code ec;
       auto ep = stream.socket().remote_endpoint(ec);
       if (!ec) remote = ep.address().to_string();
     }
+    beast::flat_buffer buffer;
     for (;;) {
+      // Idle: wait for the first byte of the next request.
+      if (buffer.size() == 0) {
+        stream.expires_after(options.idle_timeout);
+        auto [ec, n] = co_await stream.async_read_some(buffer.prepare(8192), use_tuple);
+        if (ec) break;  // closed by the client, idle timeout, or stop()
+        buffer.commit(n);
+      }
+      auto started = std::chrono::steady_clock::now();
       http::request_parser<http::string_body> parser;
       parser.body_limit(options.body_limit);
       parser.header_limit(64 * 1024);
-      stream.expires_after(options.idle_timeout);
+      stream.expires_after(options.read_timeout);
       auto [ec, n] = co_await http::async_read_header(stream, buffer, parser, use_tuple);
-      (void)n;
       if (!ec && !parser.is_done()) {
-        stream.expires_after(options.read_timeout);
-        std::tie(ec, n) = co_await http::async_read(stream, buffer, parser, use_tuple);
+        auto expect = parser.get()[http::field::expect];
+        if (beast::iequals(expect, "100-continue")) {
+          http::response<http::empty_body> go_on{http::status::continue_, parser.get().version()};
+          std::tie(ec, std::ignore) = co_await http::async_write(stream, go_on, use_tuple);
+        }
+        if (!ec) std::tie(ec, n) = co_await http::async_read(stream, buffer, parser, use_tuple);
       }
       if (ec) {
+        std::optional<http_response> reply;
         if (ec == http::error::body_limit) {
-          auto res = outcome(413, "too-costly",
-                             "Request body exceeds the limit of " + std::to_string(options.body_limit) + " bytes");
-          co_await write(stream, 11, false, res, false);
+          reply = outcome(413, "too-costly",
+                          "Request body exceeds the limit of " + std::to_string(options.body_limit) + " bytes");
+        } else if (ec == http::error::header_limit) {
+          reply = outcome(431, "too-costly", "Request header fields are too large");
         } else if (ec.category() == http::make_error_code(http::error::bad_target).category() &&
                    ec != http::error::end_of_stream && ec != http::error::partial_message) {
-          co_await write(stream, 11, false, outcome(400, "structure", "Malformed HTTP request: " + ec.message()), false);
+          reply = outcome(400, "structure", "Malformed HTTP request: " + ec.message());
         }
-        break;  // end of stream, timeout, reset: close quietly
+        if (reply) {
+          std::string method, target;
+          if (parser.is_header_done()) {
+            method = std::string(parser.get().method_string());
+            target = std::string(parser.get().target());
+          }
+          auto wec = co_await write(stream, 11, false, *reply, false);
+          log(remote, method, target, reply->status, reply->body.size(), started);
+          if (!wec) co_await linger(stream);
+        }
+        break;  // timeouts, resets and bad requests end the connection
       }
-      auto started = std::chrono::steady_clock::now();
+
       auto& req = parser.get();
       http_request request;
       request.method = std::string(req.method_string());
       request.target = std::string(req.target());
       request.remote_address = remote;
       request.headers.reserve(16);
-      for (const auto& field : req) request.headers.push_back({std::string(field.name_string()), std::string(field.value())});
+      for (const auto& field : req)
+        request.headers.push_back({std::string(field.name_string()), std::string(field.value())});
       request.body = std::move(req.body());
-      bool keep_alive = req.keep_alive();
-      unsigned version = req.version();
-      bool head = req.method() == http::verb::head;
+      const bool keep_alive = req.keep_alive();
+      const unsigned version = req.version();
+      const bool head = req.method() == http::verb::head;
 
-      ++in_flight;
-      http_response response = co_await run_handler(std::move(request));
-      bool keep = keep_alive && !stopping.load();
-      co_await write(stream, version, keep, response, head);
-      --in_flight;
-      if (observer) {
-        request_log_entry entry;
-        entry.remote_address = remote;
-        entry.method = std::string(req.method_string());
-        entry.target = std::string(req.target());
-        entry.status = response.status;
-        entry.response_bytes = response.body.size();
-        entry.duration =
-            std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started);
-        observer(entry);
+      beast::error_code wec;
+      int status = 0;
+      std::size_t bytes = 0;
+      bool keep = false;
+      {
+        counted busy(in_flight);
+        stream.expires_never();  // the handler takes what it takes; idle/read timers are not running
+        http_response response = co_await run_handler(std::move(request));
+        keep = keep_alive && !stopping.load();
+        wec = co_await write(stream, version, keep, response, head);
+        status = response.status;
+        bytes = head ? 0 : response.body.size();
       }
-      if (!keep) break;
+      log(remote, req.method_string(), req.target(), status, bytes, started);
+      if (wec || !keep) break;
     }
     beast::error_code ignored;
     stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    stream.close();
+  }
+
+  // Closes every open connection (on its strand); in-flight responses still waiting on a worker
+  // end when the worker posts back.
+  void close_connections() {
+    std::lock_guard lock(connections_mutex);
+    closing_connections = true;
+    for (auto& [id, weak] : connections) {
+      if (auto stream = weak.lock()) {
+        asio::post(stream->get_executor(), [weak = std::weak_ptr<beast::tcp_stream>(stream)] {
+          if (auto s = weak.lock()) {
+            beast::error_code ignored;
+            s->socket().shutdown(tcp::socket::shutdown_both, ignored);
+            s->close();
+          }
+        });
+      }
+    }
   }
 };
 
@@ -198,6 +375,9 @@ http_server::http_server(http_server_options options, request_handler handler, w
 http_server::~http_server() {
   stop(std::chrono::milliseconds{0});
   wait();
+  // A worker still running a handler will post to this io_context: let it finish first.
+  std::unique_lock lock(impl_->tasks_mutex);
+  impl_->tasks_done.wait(lock, [this] { return impl_->pending_tasks == 0; });
 }
 
 void http_server::start() {
@@ -226,25 +406,41 @@ void http_server::wait() {
 void http_server::stop(std::chrono::milliseconds drain) {
   auto& i = *impl_;
   if (i.stopping.exchange(true)) return;
+  // 1. Stop accepting.
   asio::post(i.ioc, [&i] {
     beast::error_code ignored;
     i.acceptor.close(ignored);
   });
+  // 2. Let in-flight requests finish (their responses say Connection: close).
   auto deadline = std::chrono::steady_clock::now() + drain;
   while (i.in_flight.load() > 0 && std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  // 3. Close the remaining (idle) connections and let the io threads run out of work.
+  i.close_connections();
   i.work.reset();
+  auto grace = std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
+  while (i.sessions.load() > 0 && std::chrono::steady_clock::now() < grace)
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
   i.ioc.stop();
 }
 
-int wait_for_termination_signal() {
+void block_termination_signals() {
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+}
+
+int wait_for_termination_signal() {
+  block_termination_signals();
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
   int sig = 0;
-  sigwait(&signals, &sig);
+  while (sigwait(&signals, &sig) != 0) {
+  }
   return sig;
 }
 

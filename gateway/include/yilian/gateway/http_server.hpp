@@ -59,7 +59,13 @@ class http_server {
   std::unique_ptr<impl> impl_;
 };
 
-// Blocks until SIGINT or SIGTERM arrives (install before starting threads), then returns the signal.
+// Blocks SIGINT and SIGTERM in the calling thread. Call it in main() before any thread is created
+// (worker_pool, http_server::start) so every thread inherits the mask and the signals stay pending
+// for wait_for_termination_signal() instead of killing the process.
+void block_termination_signals();
+
+// Blocks until SIGINT or SIGTERM arrives, then returns the signal. Call block_termination_signals()
+// first, before starting threads; this function blocks them too, but only for the calling thread.
 int wait_for_termination_signal();
 
 }  // namespace yilian::gateway
