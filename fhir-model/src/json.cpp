@@ -176,8 +176,12 @@ class string_output {
   char* end_ = nullptr;
 };
 
-inline void PutReserve(string_output& s, std::size_t n) { s.reserve(n); }
-inline void PutUnsafe(string_output& s, char c) { s.put_unsafe(c); }
+inline void PutReserve(string_output& s, std::size_t n) {
+  s.reserve(n);
+}
+inline void PutUnsafe(string_output& s, char c) {
+  s.put_unsafe(c);
+}
 
 template <typename Writer>
 void write_value(const value& v, Writer& w) {

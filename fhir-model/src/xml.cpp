@@ -6,8 +6,13 @@
 // Narrative.div becomes the div's outer XML as a string. Writing walks the tree in definition order.
 #include "yilian/fhir/xml.hpp"
 
-#include "yilian/fhir/json.hpp"
-
+#include <algorithm>
+#include <cctype>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
 #include <xercesc/framework/MemBufInputSource.hpp>
 #include <xercesc/sax/EntityResolver.hpp>
 #include <xercesc/sax/ErrorHandler.hpp>
@@ -24,13 +29,7 @@
 #include <xercesc/util/XMLException.hpp>
 #include <xercesc/util/XMLUni.hpp>
 
-#include <algorithm>
-#include <cctype>
-#include <memory>
-#include <mutex>
-#include <string>
-#include <string_view>
-#include <vector>
+#include "yilian/fhir/json.hpp"
 
 namespace yilian::fhir {
 namespace {
@@ -146,14 +145,29 @@ void escape_attr(std::string& out, std::string_view s) {
   for (std::size_t i = 0; i < s.size(); ++i) {
     const char* rep = nullptr;
     switch (s[i]) {
-      case '&': rep = "&amp;"; break;
-      case '<': rep = "&lt;"; break;
-      case '>': rep = "&gt;"; break;
-      case '"': rep = "&quot;"; break;
-      case '\n': rep = "&#xA;"; break;
-      case '\r': rep = "&#xD;"; break;
-      case '\t': rep = "&#x9;"; break;
-      default: continue;
+      case '&':
+        rep = "&amp;";
+        break;
+      case '<':
+        rep = "&lt;";
+        break;
+      case '>':
+        rep = "&gt;";
+        break;
+      case '"':
+        rep = "&quot;";
+        break;
+      case '\n':
+        rep = "&#xA;";
+        break;
+      case '\r':
+        rep = "&#xD;";
+        break;
+      case '\t':
+        rep = "&#x9;";
+        break;
+      default:
+        continue;
     }
     out.append(s, start, i - start);
     out += rep;
@@ -167,11 +181,20 @@ void escape_text(std::string& out, std::string_view s) {
   for (std::size_t i = 0; i < s.size(); ++i) {
     const char* rep = nullptr;
     switch (s[i]) {
-      case '&': rep = "&amp;"; break;
-      case '<': rep = "&lt;"; break;
-      case '>': rep = "&gt;"; break;
-      case '\r': rep = "&#xD;"; break;
-      default: continue;
+      case '&':
+        rep = "&amp;";
+        break;
+      case '<':
+        rep = "&lt;";
+        break;
+      case '>':
+        rep = "&gt;";
+        break;
+      case '\r':
+        rep = "&#xD;";
+        break;
+      default:
+        continue;
     }
     out.append(s, start, i - start);
     out += rep;
@@ -232,11 +255,11 @@ struct frame {
   const element_def* elem = nullptr;      // the element in its parent (null for a resource root)
   const element_def* children = nullptr;  // where child names are looked up
   const type_def* primitive = nullptr;
-  std::string name;                       // JSON name ("valueQuantity")
+  std::string name;  // JSON name ("valueQuantity")
   std::string path;
-  value obj;                              // complex content, the resource, or a primitive's `_name` part
-  value prim;                             // a primitive's value
-  bool has_resource = false;              // resource container: its resource was seen
+  value obj;                  // complex content, the resource, or a primitive's `_name` part
+  value prim;                 // a primitive's value
+  bool has_resource = false;  // resource container: its resource was seen
 };
 
 class handler final : public xc::DefaultHandler {
@@ -485,8 +508,8 @@ class handler final : public xc::DefaultHandler {
       value* exts = obj.find(ext_name);
       if (!exts) {
         // `_name` right after `name`.
-        auto it = std::find_if(obj.members().begin(), obj.members().end(),
-                               [&](const member& m) { return m.name == f.name; });
+        auto it =
+            std::find_if(obj.members().begin(), obj.members().end(), [&](const member& m) { return m.name == f.name; });
         it = obj.members().insert(it + 1, member{ext_name, value::make_array()});
         exts = &it->val;
       }
@@ -536,7 +559,6 @@ class handler final : public xc::DefaultHandler {
     if (!equals(uri, xhtml_ns) || !equals(localname, "div")) {
       error(issue_type::structure, "the narrative must be an xhtml <div>", current_path() + ".div");
     }
-    xhtml_raw_end_ = xhtml_raw_start_ = 0;
     if (xhtml_self_contained_) {
       std::size_t end = static_cast<std::size_t>(reader_->getSrcOffset());
       std::size_t lt = end <= text_.size() ? text_.rfind('<', end == 0 ? 0 : end - 1) : std::string_view::npos;
@@ -620,7 +642,6 @@ class handler final : public xc::DefaultHandler {
   bool open_tag_ = false;
   bool xhtml_self_contained_ = false;
   std::size_t xhtml_raw_start_ = 0;
-  std::size_t xhtml_raw_end_ = 0;
   bool failed_ = false;
   bool pending_arrays_ = false;
 };
@@ -962,8 +983,8 @@ class xml_writer {
     const type_def* ext_type = defs_.find_type("Extension");
     if (ext_def && ext_type) {
       for (std::size_t i = 0; i < ext->items().size(); ++i)
-        complex("extension", ext->items()[i], ext_type->root, depth + 1,
-                path + ".extension[" + std::to_string(i) + "]", {}, false);
+        complex("extension", ext->items()[i], ext_type->root, depth + 1, path + ".extension[" + std::to_string(i) + "]",
+                {}, false);
     }
     indent(depth);
     out_ += "</";

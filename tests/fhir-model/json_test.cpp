@@ -117,7 +117,7 @@ TEST_CASE("json: trailing garbage, NUL bytes and invalid UTF-8 are errors") {
   parse_fails(R"({"a":1}{"b":2})");
   parse_fails(std::string_view("{\"a\":1}\0garbage", 15));
   parse_fails(std::string_view("{\"a\":\"x\0y\"}", 11));
-  parse_fails("{\"a\":\"\xc3\x28\"}");    // invalid continuation byte
+  parse_fails("{\"a\":\"\xc3\x28\"}");      // invalid continuation byte
   parse_fails("{\"a\":\"\xed\xa0\x80\"}");  // UTF-8 encoded surrogate
   parse_ok("{\"a\":1}  \n\t ");
 }

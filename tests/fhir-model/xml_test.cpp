@@ -145,15 +145,18 @@ TEST_CASE("xml: primitives, ids, extensions and aligned arrays") {
 TEST_CASE("xml: writing follows definition order, not JSON member order") {
   value v = json(R"({"resourceType":"Observation","valueQuantity":{"unit":"mg","value":1.0},"status":"final",
                      "code":{"text":"x"},"id":"o1"})");
-  CHECK(to_xml(v) ==
-        R"(<Observation xmlns="http://hl7.org/fhir"><id value="o1"/><status value="final"/><code><text value="x"/></code>)"
-        R"(<valueQuantity><value value="1.0"/><unit value="mg"/></valueQuantity></Observation>)");
+  CHECK(
+      to_xml(v) ==
+      R"(<Observation xmlns="http://hl7.org/fhir"><id value="o1"/><status value="final"/><code><text value="x"/></code>)"
+      R"(<valueQuantity><value value="1.0"/><unit value="mg"/></valueQuantity></Observation>)");
 }
 
 TEST_CASE("xml: contained resources and the narrative div") {
-  const std::string div = R"(<div xmlns="http://www.w3.org/1999/xhtml"><p>a &lt; b &amp; <b>c</b><br/>&#160;é</p></div>)";
-  value v = json(R"({"resourceType":"Patient","text":{"status":"generated","div":""},)"
-                 R"("contained":[{"resourceType":"Organization","id":"o"}],"managingOrganization":{"reference":"#o"}})");
+  const std::string div =
+      R"(<div xmlns="http://www.w3.org/1999/xhtml"><p>a &lt; b &amp; <b>c</b><br/>&#160;é</p></div>)";
+  value v =
+      json(R"({"resourceType":"Patient","text":{"status":"generated","div":""},)"
+           R"("contained":[{"resourceType":"Organization","id":"o"}],"managingOrganization":{"reference":"#o"}})");
   v.find("text")->set("div", value::make_string(div));
   std::string out = to_xml(v);
   CHECK(out.find("<contained><Organization><id value=\"o\"/></Organization></contained>") != std::string::npos);
@@ -205,7 +208,8 @@ TEST_CASE("xml: malformed, unknown and hostile input become issues") {
   xml_fails(R"(<Patient xmlns="http://hl7.org/fhir"><birthDate/></Patient>)");
   xml_fails(R"(<Patient xmlns="http://hl7.org/fhir"><contained/></Patient>)");
   xml_fails(R"(<Patient xmlns="http://hl7.org/fhir"><contained><Patient/><Patient/></contained></Patient>)");
-  xml_fails(R"(<Observation xmlns="http://hl7.org/fhir"><valueQuantity><value value="1.x"/></valueQuantity></Observation>)");
+  xml_fails(
+      R"(<Observation xmlns="http://hl7.org/fhir"><valueQuantity><value value="1.x"/></valueQuantity></Observation>)");
   xml_fails("");
 
   // No DTDs, so no entity expansion and no external fetches.
@@ -251,8 +255,8 @@ TEST_CASE("xml: every official JSON example converts JSON -> XML -> JSON unchang
   // Files listed (first word of a line) in the known-failures file are skipped.
   std::set<std::string> known;
   {
-    std::istringstream in(read_file(std::filesystem::path(YILIAN_SOURCE_DIR) /
-                                    "tests/data/xml-roundtrip-known-failures.txt"));
+    std::istringstream in(
+        read_file(std::filesystem::path(YILIAN_SOURCE_DIR) / "tests/data/xml-roundtrip-known-failures.txt"));
     for (std::string line; std::getline(in, line);) {
       if (line.empty() || line[0] == '#') continue;
       known.insert(line.substr(0, line.find_first_of(" \t")));
@@ -329,9 +333,10 @@ TEST_CASE("xml: throughput on the largest example") {
 }
 
 TEST_CASE("xml: non-ASCII text survives in values and in a re-serialised div") {
-  value p = xml("<Patient xmlns=\"http://hl7.org/fhir\" xmlns:h=\"http://www.w3.org/1999/xhtml\"><text>"
-                "<status value=\"generated\"/><h:div>\xc3\xa9 \xe4\xb8\xad \xf0\x9f\x98\x80 &#x1F600;</h:div></text>"
-                "<name><family value=\"\xc3\xa9\xe4\xb8\xad\xf0\x9f\x98\x80&#x1F600;\"/></name></Patient>");
+  value p =
+      xml("<Patient xmlns=\"http://hl7.org/fhir\" xmlns:h=\"http://www.w3.org/1999/xhtml\"><text>"
+          "<status value=\"generated\"/><h:div>\xc3\xa9 \xe4\xb8\xad \xf0\x9f\x98\x80 &#x1F600;</h:div></text>"
+          "<name><family value=\"\xc3\xa9\xe4\xb8\xad\xf0\x9f\x98\x80&#x1F600;\"/></name></Patient>");
   CHECK(p.find("name")->items()[0].find("family")->text() == "\xc3\xa9\xe4\xb8\xad\xf0\x9f\x98\x80\xf0\x9f\x98\x80");
   CHECK(p.find("text")->find("div")->text() ==
         "<div xmlns=\"http://www.w3.org/1999/xhtml\">\xc3\xa9 \xe4\xb8\xad \xf0\x9f\x98\x80 \xf0\x9f\x98\x80</div>");
