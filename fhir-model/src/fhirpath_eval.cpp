@@ -79,12 +79,15 @@ class evaluator {
         return collection{item::make_boolean(type_matches(in[0], n.type_namespace, n.type_name, false))};
       }
       case node_kind::as_type: {
+        // On several items the operator filters like ofType(): R4 search parameters rely on it
+        // ("Observation.component.value as Quantity"). The as() function keeps the single-item rule.
         collection in = eval(*n.input, f);
-        if (in.empty()) return {};
-        if (in.size() > 1) throw evaluation_error("'as' needs a single item");
-        if (type_matches(in[0], n.type_namespace, n.type_name, true)) return in;
-        if (opt_.strict) throw evaluation_error("'as " + n.type_name + "' cannot match " + in[0].type_name());
-        return {};
+        collection out;
+        for (const item& x : in)
+          if (type_matches(x, n.type_namespace, n.type_name, true)) out.push_back(x);
+        if (opt_.strict && in.size() == 1 && out.empty())
+          throw evaluation_error("'as " + n.type_name + "' cannot match " + in[0].type_name());
+        return out;
       }
       case node_kind::binary: return binary(n, f);
     }
@@ -141,7 +144,7 @@ class evaluator {
   // Type of an element for a given member (stable storage from the definitions).
   std::string_view element_type(const element_def* el, const std::string& chosen) {
     if (!el) return {};
-    if (!chosen.empty()) {
+    if (!chosen.empty() && el->is_choice()) {
       for (const std::string& code : el->type_codes)
         if (code == chosen) return code;
     }
@@ -153,7 +156,7 @@ class evaluator {
         if (dot != std::string::npos && el->path.find('.', dot + 1) == std::string::npos) {
           if (const type_def* td = defs_.find_type(std::string_view(el->path).substr(0, dot));
               td && td->kind == type_kind::resource)
-            return id_type_;
+            return "id";
         }
       }
       return t;
@@ -629,7 +632,6 @@ class evaluator {
   const value* resource_;
   const value* root_;
   const collection* context_;
-  std::string id_type_ = "id";
 };
 
 collection evaluator::iterate_where(const collection& in, const ast& crit, bool select) {
@@ -699,7 +701,7 @@ collection evaluator::convert(fn id, const collection& in) {
     case fn::f_convertsToDecimal:
       if (v.kind == item_kind::decimal) r = v;
       else if (v.kind == item_kind::integer) r = item::make_decimal(decimal::from_integer(v.integer_value));
-      else if (v.kind == item_kind::boolean) r = item::make_decimal(decimal{v.boolean_value ? 1 : 0, 1});
+      else if (v.kind == item_kind::boolean) r = item::make_decimal(decimal{v.boolean_value ? 10 : 0, 1});
       else if (v.kind == item_kind::string && v.string_value.find_first_of("eE") == std::string::npos) {
         if (auto d = decimal::parse(v.string_value)) r = item::make_decimal(*d);
       }
@@ -1287,6 +1289,13 @@ collection evaluator::call(const ast& n, const frame& f) {
     if (n.args.size() > 2) return eval(*n.args[2], g);
     return {};
   }
+  if (opt_.check_ordered_functions && n.input && n.input->kind == node_kind::function &&
+      (id == fn::f_first || id == fn::f_last || id == fn::f_tail || id == fn::f_skip || id == fn::f_take)) {
+    fn inner = static_cast<fn>(n.input->function);
+    if (inner == fn::f_children || inner == fn::f_descendants)
+      throw evaluation_error(std::string(function_at(n.function).name) + "() on the unordered result of " +
+                             function_at(n.input->function).name + "()");
+  }
   collection in = n.input ? eval(*n.input, f) : *f.this_;
   switch (id) {
     case fn::f_empty: return collection{item::make_boolean(in.empty())};
@@ -1599,7 +1608,7 @@ collection evaluator::call(const ast& n, const frame& f) {
           const collection& x = a.keys[k];
           const collection& y = b.keys[k];
           if (x.empty() || y.empty()) {
-            if (x.empty() != y.empty()) return x.empty() != desc[k];
+            if (x.empty() != y.empty()) return x.empty();  // empty keys first, either direction
             continue;
           }
           auto c = items_compare(x[0], y[0], defs_);

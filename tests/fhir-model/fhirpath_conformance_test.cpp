@@ -250,9 +250,11 @@ TEST_CASE("fhirpath: official R4 conformance suite") {
       }
       REQUIRE(expr != nullptr);
       std::string invalid = expr->attr("invalid");
+      if (invalid.empty()) invalid = test.attr("invalid");
       bool predicate = test.attr("predicate") == "true";
       fp::evaluate_options options;
-      options.strict = test.attr("mode") == "strict";
+      options.strict = test.attr("mode") == "strict" || expr->attr("mode") == "strict";
+      options.check_ordered_functions = test.attr("checkOrderedFunctions") == "true";
 
       bool passed = false;
       std::string detail;

@@ -2,4 +2,212 @@
 
 #include <doctest/doctest.h>
 
-TEST_CASE("fhirpath: placeholder") { CHECK(true); }
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "yilian/fhir/json.hpp"
+
+using namespace yilian::fhir;
+namespace fp = yilian::fhir::fhirpath;
+
+namespace {
+
+value parse(std::string_view text) {
+  value v;
+  issue_list issues;
+  REQUIRE(parse_json(text, v, issues));
+  return v;
+}
+
+std::size_t error_position(std::string_view expr) {
+  try {
+    fp::compile(expr);
+  } catch (const fp::syntax_error& e) {
+    return e.position();
+  }
+  FAIL("no syntax error for " << expr);
+  return 0;
+}
+
+std::vector<std::string> texts(const fp::collection& c) {
+  std::vector<std::string> out;
+  for (const auto& it : c) out.push_back(it.to_string().value_or("<complex>"));
+  return out;
+}
+
+std::vector<std::string> eval_texts(std::string_view expr, const value& resource, const fp::evaluate_options& o = {}) {
+  return texts(fp::compile(expr).evaluate(resource, o));
+}
+
+const char* const patient_json = R"({
+  "resourceType": "Patient",
+  "id": "p1",
+  "extension": [{"url": "http://example.org/ext/eye-colour", "valueCode": "brown"}],
+  "active": true,
+  "name": [
+    {"use": "official", "family": "Chalmers", "given": ["Peter", "James"], "_given": [null, {"extension": [{"url": "http://example.org/ext/x", "valueString": "jj"}]}]},
+    {"use": "nickname", "given": ["Jim"]}
+  ],
+  "birthDate": "1974-12-25",
+  "_birthDate": {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/patient-birthTime", "valueDateTime": "1974-12-25T14:35:45-05:00"}]},
+  "deceasedBoolean": false,
+  "managingOrganization": {"reference": "Organization/o1"}
+})";
+
+}  // namespace
+
+TEST_CASE("fhirpath: syntax errors carry the offending position") {
+  CHECK(error_position("name.given.") == 11);
+  CHECK(error_position("1 +") == 3);
+  CHECK(error_position("'abc") == 0);
+  CHECK(error_position("name.frobnicate()") == 5);
+  CHECK(error_position("name.substring()") == 5);
+  CHECK(error_position("name.where(given = 'x'") == 22);
+  CHECK(error_position("2 + 2 /* open") == 6);
+  CHECK(error_position("a ! b") == 2);
+  CHECK(error_position("") == 0);
+  CHECK(error_position("(1 | 2") == 6);
+  try {
+    fp::compile("name.given.");
+  } catch (const fp::syntax_error& e) {
+    CHECK(std::string(e.what()).find("offset 11") != std::string::npos);
+  }
+  CHECK_NOTHROW(fp::compile("Patient.name.where(use = 'official').given.first()"));
+}
+
+TEST_CASE("fhirpath: navigation and functions on a small Patient") {
+  value patient = parse(patient_json);
+
+  CHECK(eval_texts("name.given", patient) == std::vector<std::string>{"Peter", "James", "Jim"});
+  CHECK(eval_texts("Patient.name.where(use = 'official').family", patient) == std::vector<std::string>{"Chalmers"});
+  CHECK(eval_texts("name.exists(use = 'nickname')", patient) == std::vector<std::string>{"true"});
+  CHECK(eval_texts("name.where(use = 'maiden').exists()", patient) == std::vector<std::string>{"false"});
+  CHECK(eval_texts("name.given.count() + 1", patient) == std::vector<std::string>{"4"});
+
+  SUBCASE("choice elements and types") {
+    CHECK(eval_texts("Patient.deceased", patient) == std::vector<std::string>{"false"});
+    CHECK(eval_texts("Patient.deceased.ofType(boolean)", patient) == std::vector<std::string>{"false"});
+    CHECK(eval_texts("Patient.deceased.ofType(dateTime)", patient).empty());
+    CHECK(eval_texts("Patient.deceased is boolean", patient) == std::vector<std::string>{"true"});
+    auto items = fp::compile("name.given").evaluate(patient);
+    REQUIRE(items.size() == 3);
+    CHECK(items[0].fhir_type == "string");
+    CHECK(fp::compile("birthDate").evaluate(patient)[0].fhir_type == "date");
+    CHECK_THROWS_AS(fp::compile("Patient.deceasedBoolean").evaluate(patient), fp::evaluation_error);
+  }
+
+  SUBCASE("extensions, including those on primitives") {
+    CHECK(eval_texts("extension('http://example.org/ext/eye-colour').value", patient) == std::vector<std::string>{"brown"});
+    CHECK(eval_texts("birthDate.extension(%`ext-patient-birthTime`).value", patient) ==
+          std::vector<std::string>{"1974-12-25T14:35:45-05:00"});
+    CHECK(eval_texts("name.given.where(extension('http://example.org/ext/x').exists())", patient) ==
+          std::vector<std::string>{"James"});
+    CHECK(eval_texts("name.given.select($this.hasValue())", patient) == std::vector<std::string>{"true", "true", "true"});
+  }
+
+  SUBCASE("paths when asked for") {
+    fp::evaluate_options o;
+    o.track_paths = true;
+    auto items = fp::compile("name.given").evaluate(patient, o);
+    REQUIRE(items.size() == 3);
+    CHECK(items[1].path == "Patient.name[0].given[1]");
+    CHECK(items[2].path == "Patient.name[1].given[0]");
+  }
+
+  SUBCASE("user variables and errors") {
+    fp::evaluate_options o;
+    o.variables["minimum"] = {fp::item::make_integer(2)};
+    CHECK(eval_texts("name.given.count() >= %minimum", patient, o) == std::vector<std::string>{"true"});
+    CHECK_THROWS_AS(fp::compile("%unknown").evaluate(patient), fp::evaluation_error);
+    CHECK_THROWS_AS(fp::compile("name.single()").evaluate(patient), fp::evaluation_error);
+    CHECK_THROWS_AS(fp::compile("1 + 'a'").evaluate(patient), fp::evaluation_error);
+  }
+
+  SUBCASE("boolean helper") {
+    CHECK(fp::compile("active").evaluate_boolean(patient) == true);
+    CHECK(fp::compile("name.where(use = 'x')").evaluate_boolean(patient) == std::nullopt);
+  }
+}
+
+TEST_CASE("fhirpath: resolve() within a Bundle and contained resources") {
+  value bundle = parse(R"({"resourceType": "Bundle", "type": "collection", "entry": [
+    {"fullUrl": "http://example.org/fhir/Patient/p1", "resource": )" + std::string(patient_json) + R"(},
+    {"fullUrl": "http://example.org/fhir/Organization/o1", "resource": {"resourceType": "Organization", "id": "o1", "name": "Acme"}}
+  ]})");
+  CHECK(eval_texts("Bundle.entry.resource.ofType(Patient).managingOrganization.resolve().name", bundle) ==
+        std::vector<std::string>{"Acme"});
+  CHECK(eval_texts("entry.resource.ofType(Patient).managingOrganization.resolve() is Organization", bundle) ==
+        std::vector<std::string>{"true"});
+  CHECK(eval_texts("entry[1].resource.id", bundle) == std::vector<std::string>{"o1"});
+
+  value with_contained = parse(R"({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+    "contained": [{"resourceType": "Patient", "id": "pat", "gender": "female"}],
+    "subject": {"reference": "#pat"}})");
+  CHECK(eval_texts("subject.resolve().gender", with_contained) == std::vector<std::string>{"female"});
+}
+
+TEST_CASE("fhirpath: compiled expressions are shared across threads") {
+  value patient = parse(patient_json);
+  fp::expression e = fp::compile("name.where(given.exists()).given.count()");
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      for (int k = 0; k < 200; ++k) {
+        auto r = e.evaluate(patient);
+        if (r.size() == 1 && r[0].integer_value == 3) ++ok;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  CHECK(ok == 800);
+}
+
+TEST_CASE("fhirpath: every R4 search parameter compiles and evaluates on the official examples") {
+  const definitions& defs = definitions::r4();
+  std::map<std::string, fp::expression> compiled;
+  for (const search_param_def& sp : defs.all_search_params()) {
+    if (sp.expression.empty()) continue;
+    CAPTURE(sp.url);
+    CHECK_NOTHROW(compiled.emplace(sp.expression, fp::compile(sp.expression)));
+  }
+  CHECK(compiled.size() > 900);
+
+  const std::filesystem::path dir = YILIAN_FHIR_PACKAGE_DIR;
+  if (!std::filesystem::is_directory(dir)) {
+    MESSAGE("package not unpacked at " << dir << "; evaluation skipped");
+    return;
+  }
+  std::size_t files = 0, evaluations = 0;
+  auto start = std::chrono::steady_clock::now();
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    const auto& p = entry.path();
+    if (p.extension() != ".json" || p.filename() == "package.json" || p.filename().string().starts_with(".")) continue;
+    std::ifstream in(p, std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    value resource;
+    issue_list issues;
+    if (!parse_json(ss.str(), resource, issues)) continue;
+    const value* rt = resource.find("resourceType");
+    if (!rt) continue;
+    ++files;
+    for (const search_param_def* sp : defs.search_params(rt->text())) {
+      if (sp->expression.empty()) continue;
+      auto it = compiled.find(sp->expression);
+      if (it == compiled.end()) continue;
+      try {
+        (void)it->second.evaluate(resource);
+        ++evaluations;
+      } catch (const fp::evaluation_error& e) {
+        FAIL_CHECK(p.filename().string() << " " << sp->code << ": " << std::string(e.what()) << " in " << sp->expression);
+      }
+    }
+  }
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start).count();
+  MESSAGE(evaluations << " search parameter evaluations on " << files << " examples in " << ms << " ms (parsing included)");
+  CHECK(files > 2000);
+}

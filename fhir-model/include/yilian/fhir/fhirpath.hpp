@@ -137,6 +137,9 @@ struct evaluate_options {
   // Strict mode reports semantic problems found while evaluating: unknown element names on a
   // known type, type filters that cannot match, non-boolean iif criteria.
   bool strict = false;
+  // With strict: first/last/tail/skip/take/[] directly on children()/descendants() (whose order
+  // is not defined) are errors.
+  bool check_ordered_functions = false;
   bool track_paths = false;
   // trace(name [, projection]) receives its output here (nothing when empty).
   std::function<void(std::string_view name, const collection& items)> trace;
