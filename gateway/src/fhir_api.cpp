@@ -588,12 +588,11 @@ struct fhir_api::impl {
       const value* rid = resource.find("id");
       if (!rt || rt->text() != type || !rid || rid->text() != id)
         fail(422, issue_type::business_rule, "A patch may not change the resource type or id");
-      resource.erase("meta");
-      if (const value* old_meta = parse_stored(current->json).find("meta")) {
-        value meta = *old_meta;
-        meta.erase("versionId");
-        meta.erase("lastUpdated");
-        if (!meta.members().empty()) resource.set("meta", std::move(meta));
+      // The store writes versionId and lastUpdated; a patch may change the rest of meta (tags...).
+      if (value* meta = resource.find("meta")) {
+        meta->erase("versionId");
+        meta->erase("lastUpdated");
+        if (meta->members().empty()) resource.erase("meta");
       }
       issue_list validation;
       if (!fhir::validate_resource(resource, validation, {.check_required_bindings = true, .expected_type = type}, defs))

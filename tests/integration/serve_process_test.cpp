@@ -22,6 +22,7 @@ namespace fs = std::filesystem;
 
 struct server_process {
   pid_t pid = -1;
+  int exit_status = -1;  // once reaped
   fs::path log;
   std::uint16_t port = 0;
 
@@ -58,31 +59,32 @@ struct server_process {
         port = static_cast<std::uint16_t>(std::stoi(text.substr(at + std::string("listening on http://127.0.0.1:").size())));
         return true;
       }
-      int status = 0;
-      if (waitpid(pid, &status, WNOHANG) == pid) {
-        pid = -1;
-        return false;
-      }
+      if (reap()) return false;
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
     return false;
   }
 
+  // True once the process has exited (its status in exit_status).
+  bool reap() {
+    if (pid < 0) return true;
+    int status = 0;
+    if (waitpid(pid, &status, WNOHANG) != pid) return false;
+    pid = -1;
+    exit_status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    return true;
+  }
+
   // Sends SIGTERM and returns the exit status (-1 on timeout).
   int terminate(std::chrono::seconds limit = std::chrono::seconds(60)) {
-    if (pid < 0) return -1;
-    kill(pid, SIGTERM);
+    if (pid > 0) kill(pid, SIGTERM);
     return wait_exit(limit);
   }
 
   int wait_exit(std::chrono::seconds limit = std::chrono::seconds(60)) {
     auto deadline = std::chrono::steady_clock::now() + limit;
     while (std::chrono::steady_clock::now() < deadline) {
-      int status = 0;
-      if (waitpid(pid, &status, WNOHANG) == pid) {
-        pid = -1;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-      }
+      if (reap()) return exit_status;
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
     return -1;
