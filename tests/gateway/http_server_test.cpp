@@ -11,6 +11,7 @@
 #include <atomic>
 #include <chrono>
 #include <doctest/doctest.h>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -236,4 +237,27 @@ TEST_CASE("http_server: an idle keep-alive connection is closed after idle_timeo
   auto started = std::chrono::steady_clock::now();
   CHECK(c.closed_by_peer(3000ms));
   CHECK(std::chrono::steady_clock::now() - started >= 150ms);
+}
+
+TEST_CASE("http_server: Expect: 100-continue gets an interim 100 before the body is sent") {
+  fixture f;
+  client c(f.server.port());
+  c.send("POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n");
+  auto interim = c.receive(2000ms);
+  CHECK(interim.rfind("HTTP/1.1 100 Continue\r\n", 0) == 0);
+  c.send("abc");
+  auto res = c.receive();
+  CHECK(status_of(res) == 200);
+  CHECK(body_of(res) == "POST /p abc");
+}
+
+TEST_CASE("http_server: destroying the server while a handler runs waits for the worker, not for ever") {
+  auto f = std::make_unique<fixture>();
+  client c(f->server.port());
+  c.send("GET /slow HTTP/1.1\r\nHost: t\r\n\r\n");
+  std::this_thread::sleep_for(50ms);
+  auto started = std::chrono::steady_clock::now();
+  f.reset();  // stop(0): the in-flight request is cut, its worker finishes first
+  CHECK(std::chrono::steady_clock::now() - started < 2000ms);
+  CHECK(c.closed_by_peer(1000ms));
 }
