@@ -39,7 +39,9 @@ class evaluator {
       case node_kind::total_ref: return f.total ? *f.total : collection{};
       case node_kind::variable: return variable(n);
       case node_kind::identifier: {
-        collection in = n.input ? eval(*n.input, f) : *f.this_;
+        collection holder;
+        if (n.input) holder = eval(*n.input, f);
+        const collection& in = n.input ? holder : *f.this_;
         collection out;
         for (const item& it : in) navigate(it, n.name, out, n.position);
         if (opt_.strict && !in.empty() && out.empty() && is_upper(n.name[0]) && !n.input) {
@@ -106,7 +108,8 @@ class evaluator {
   std::optional<bool> truth(const collection& c, const char* what) {
     if (c.empty()) return std::nullopt;
     if (c.size() > 1) throw evaluation_error(std::string(what) + ": expected a single boolean, got " + std::to_string(c.size()) + " items");
-    item v = to_system(c[0], defs_);
+    item storage;
+    const item& v = to_system(c[0], defs_, storage);
     if (v.kind == item_kind::boolean) return v.boolean_value;
     return true;
   }
@@ -626,6 +629,7 @@ class evaluator {
   collection strings(fn id, const collection& in, const ast& n, const frame& f);
   collection boundary(const collection& in, const ast& n, const frame& f, bool high);
   collection resolve(const collection& in);
+  item reference_stub(const item& from, const std::string& ref);
 
   const evaluate_options& opt_;
   const definitions& defs_;
@@ -845,6 +849,8 @@ collection evaluator::math(fn id, const collection& in, const ast& n, const fram
   }
 }
 
+}  // namespace
+
 std::string regex_dotall(const std::string& p) {
   std::string out;
   bool in_class = false;
@@ -862,6 +868,8 @@ std::string regex_dotall(const std::string& p) {
   }
   return out;
 }
+
+namespace {
 
 std::size_t utf8_length(std::string_view s) {
   std::size_t n = 0;
@@ -987,11 +995,15 @@ collection evaluator::strings(fn id, const collection& in, const ast& n, const f
         if (pat->empty()) return str(*s);
       }
       try {
-        std::string p = regex_dotall(*pat);
-        if (id == fn::f_matchesFull) p = "^(?:" + p + ")$";
-        std::regex local(p, std::regex::ECMAScript);
-        if (id == fn::f_replaceMatches) return str(std::regex_replace(*s, local, *rep));
-        return collection{item::make_boolean(std::regex_search(*s, local))};
+        std::optional<std::regex> local;
+        if (!re) {
+          std::string p = regex_dotall(*pat);
+          if (id == fn::f_matchesFull) p = "^(?:" + p + ")$";
+          local.emplace(p, std::regex::ECMAScript);
+        }
+        const std::regex& rx = re ? *re : *local;
+        if (id == fn::f_replaceMatches) return str(std::regex_replace(*s, rx, *rep));
+        return collection{item::make_boolean(std::regex_search(*s, rx))};
       } catch (const std::regex_error& e) {
         throw evaluation_error(std::string("invalid regular expression: ") + e.what());
       }
@@ -1220,6 +1232,33 @@ collection evaluator::boundary(const collection& in, const ast& n, const frame& 
   throw evaluation_error("boundary functions need a number, quantity or date/time");
 }
 
+// A resource that is not at hand: an item with the type the reference names ("Patient/1",
+// "http://x/fhir/Patient/1/_history/2") and no content, so `resolve() is Patient` works without a
+// store. Nothing is returned when the reference does not name a type.
+item evaluator::reference_stub(const item&, const std::string& ref) {
+  std::string_view r = ref;
+  if (auto q = r.find_first_of("?#"); q != std::string_view::npos) r = r.substr(0, q);
+  if (auto h = r.find("/_history/"); h != std::string_view::npos) r = r.substr(0, h);
+  std::vector<std::string_view> parts;
+  std::size_t b = 0;
+  while (b <= r.size()) {
+    std::size_t e = r.find('/', b);
+    if (e == std::string_view::npos) e = r.size();
+    parts.push_back(r.substr(b, e - b));
+    b = e + 1;
+  }
+  item stub;
+  stub.kind = item_kind::node;
+  stub.string_value = ref;
+  for (std::size_t i = parts.size(); i-- > 0;) {
+    if (const type_def* td = defs_.find_type(parts[i]); td && td->kind == type_kind::resource && i + 2 >= parts.size()) {
+      stub.fhir_type = td->name;
+      break;
+    }
+  }
+  return stub;
+}
+
 collection evaluator::resolve(const collection& in) {
   collection out;
   for (const item& it : in) {
@@ -1230,7 +1269,14 @@ collection evaluator::resolve(const collection& in) {
       const value* r = it.node->find("reference");
       if (r && r->is_string()) ref = r->text();
     }
-    if (ref.empty()) continue;
+    if (ref.empty()) {
+      // A Reference with only a type (and an identifier) still says what it points at.
+      if (it.kind == item_kind::node && it.node && it.node->is_object())
+        if (const value* t = it.node->find("type"); t && t->is_string() && defs_.is_resource_type(t->text()))
+          out.push_back(reference_stub(it, t->text() + "/"));
+      continue;
+    }
+    bool found = false;
     if (ref[0] == '#') {
       const value* host = resource_;
       if (const value* c = host ? host->find("contained") : nullptr; c && c->is_array()) {
@@ -1242,11 +1288,12 @@ collection evaluator::resolve(const collection& in) {
       continue;
     }
     const value* bundle = root_;
-    if (!bundle) continue;
-    const value* rt = bundle->find("resourceType");
-    if (!rt || rt->text() != "Bundle") continue;
-    const value* entries = bundle->find("entry");
-    if (!entries || !entries->is_array()) continue;
+    const value* rt = bundle ? bundle->find("resourceType") : nullptr;
+    const value* entries = rt && rt->text() == "Bundle" ? bundle->find("entry") : nullptr;
+    if (!entries || !entries->is_array()) {
+      out.push_back(reference_stub(it, ref));
+      continue;
+    }
     for (const value& e : entries->items()) {
       const value* res = e.find("resource");
       if (!res) continue;
@@ -1263,9 +1310,11 @@ collection evaluator::resolve(const collection& in) {
       }
       if (match) {
         out.push_back(resource_item(*res, defs_));
+        found = true;
         break;
       }
     }
+    if (!found) out.push_back(reference_stub(it, ref));
   }
   return out;
 }
@@ -1296,7 +1345,9 @@ collection evaluator::call(const ast& n, const frame& f) {
       throw evaluation_error(std::string(function_at(n.function).name) + "() on the unordered result of " +
                              function_at(n.input->function).name + "()");
   }
-  collection in = n.input ? eval(*n.input, f) : *f.this_;
+  collection holder;
+  if (n.input) holder = eval(*n.input, f);
+  const collection& in = n.input ? holder : *f.this_;
   switch (id) {
     case fn::f_empty: return collection{item::make_boolean(in.empty())};
     case fn::f_exists:

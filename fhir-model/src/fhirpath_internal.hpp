@@ -66,6 +66,8 @@ const function_info* find_function(std::string_view name, int* index);
 const function_info& function_at(int index);
 
 std::unique_ptr<ast> parse(std::string_view text);
+// ECMAScript pattern where '.' also matches line breaks (FHIRPath regexes are single-line mode).
+std::string regex_dotall(const std::string& pattern);
 
 // Shared value helpers (fhirpath_values.cpp).
 bool is_calendar_unit(std::string_view word);
@@ -76,6 +78,8 @@ bool items_equivalent(const item& a, const item& b, const definitions& defs);
 std::optional<int> items_compare(const item& a, const item& b, const definitions& defs);
 // A node converted to a system value when it is a primitive (or a Quantity); otherwise the node.
 item to_system(const item& it, const definitions& defs);
+// The same without copying: returns `it` itself when there is nothing to convert, else `storage`.
+const item& to_system(const item& it, const definitions& defs, item& storage);
 std::optional<temporal> add_duration(const temporal& t, item_kind kind, const decimal& amount, std::string_view unit,
                                      bool subtract);
 std::optional<item> quantity_multiply(const item& a, const item& b, bool divide);

@@ -441,7 +441,7 @@ class parser {
       }
       if ((n->name == "matches" || n->name == "matchesFull" || n->name == "replaceMatches") &&
           n->args[0]->kind == node_kind::literal && n->args[0]->literal.kind == item_kind::string) {
-        std::string pattern = n->args[0]->literal.string_value;
+        std::string pattern = regex_dotall(n->args[0]->literal.string_value);
         if (n->name == "matchesFull") pattern = "^(?:" + pattern + ")$";
         try {
           n->regex = std::make_shared<const std::regex>(pattern, std::regex::ECMAScript);

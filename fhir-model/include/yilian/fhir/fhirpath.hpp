@@ -18,7 +18,17 @@
 // only for the core resource StructureDefinitions); UCUM support is a table of common units with
 // prefixes (mass, length, volume, time, amount, dimensionless, and products/quotients of those);
 // regular expressions (matches, replaceMatches) use std::regex (ECMAScript flavour, dot matches
-// newlines is emulated).
+// newlines is emulated; literal patterns are compiled once with the expression).
+//
+// resolve() finds contained resources ("#id") and Bundle entries (fullUrl or Type/id) of
+// %rootResource. A reference it cannot find still yields an item of the type the reference names
+// ("Patient/1" -> a Patient with no content), so "subject.where(resolve() is Patient)" works in
+// search parameters without a store.
+//
+// The `as` operator filters a collection like ofType() (R4 search parameters apply it to
+// collections: "Observation.component.value as Quantity"); the as() function keeps the
+// single-item rule of the specification. Type tests on FHIR primitives: is() follows the
+// definitions' inheritance (code is a string), as()/ofType() match the exact type.
 #pragma once
 
 #include <cstddef>
