@@ -1746,10 +1746,7 @@ item resource_item(const value& resource, const definitions& defs) {
   it.kind = item_kind::node;
   it.node = &resource;
   if (const value* rt = resource.find("resourceType"); rt && rt->is_string()) {
-    if (const type_def* td = defs.find_type(rt->text())) {
-      it.fhir_type = td->name;
-      it.path = td->name;
-    }
+    if (const type_def* td = defs.find_type(rt->text())) it.fhir_type = td->name;
   }
   return it;
 }
@@ -1762,6 +1759,7 @@ const std::string& expression::text() const noexcept {
 collection expression::evaluate(const value& resource, const evaluate_options& options) const {
   const definitions& defs = options.defs ? *options.defs : definitions::r4();
   collection input{resource_item(resource, defs)};
+  if (options.track_paths) input[0].path = std::string(input[0].fhir_type);
   return evaluate(input, options.resource ? options.resource : &resource, options);
 }
 

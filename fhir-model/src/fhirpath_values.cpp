@@ -107,17 +107,20 @@ long double decimal::to_double() const {
 }
 
 std::string decimal::to_string() const {
+  // Digits are produced backwards into a fixed buffer (no insertions: GCC 12 warns falsely on them).
+  char buf[96];
+  char* end = buf + sizeof buf;
+  char* p = end;
   int128 m = mantissa < 0 ? -mantissa : mantissa;
-  std::string digits;
+  int produced = 0;
   do {
-    digits += static_cast<char>('0' + static_cast<int>(m % 10));
+    if (produced == scale && scale > 0) *--p = '.';
+    *--p = static_cast<char>('0' + static_cast<int>(m % 10));
     m /= 10;
-  } while (m > 0);
-  while (static_cast<int>(digits.size()) <= scale) digits += '0';
-  std::reverse(digits.begin(), digits.end());
-  if (scale > 0) digits.insert(digits.size() - static_cast<std::size_t>(scale), ".");
-  if (mantissa < 0) digits.insert(0, "-");
-  return digits;
+    ++produced;
+  } while ((m > 0 || produced <= scale) && p > buf + 2);
+  if (mantissa < 0) *--p = '-';
+  return std::string(p, static_cast<std::size_t>(end - p));
 }
 
 int compare(const decimal& a, const decimal& b) {
