@@ -111,6 +111,8 @@ struct http_server::impl {
   // whose frames still use the members above.
   asio::io_context ioc;
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
+  // The accept loop and stop()'s close of the acceptor run on this strand, never concurrently.
+  asio::strand<asio::io_context::executor_type> accept_strand{ioc.get_executor()};
   tcp::acceptor acceptor{ioc};
 
   impl(http_server_options o, request_handler h, worker_pool& w, request_observer obs)
@@ -120,9 +122,9 @@ struct http_server::impl {
     for (;;) {
       auto [ec, socket] = co_await acceptor.async_accept(asio::make_strand(ioc), use_tuple);
       if (ec) {
-        if (!acceptor.is_open() || ec == asio::error::operation_aborted) co_return;
+        if (stopping.load() || ec == asio::error::operation_aborted) co_return;
         // EMFILE and friends: back off briefly instead of spinning, keep accepting.
-        asio::steady_timer pause(ioc, std::chrono::milliseconds(50));
+        asio::steady_timer pause(accept_strand, std::chrono::milliseconds(50));
         co_await pause.async_wait(use_tuple);
         continue;
       }
@@ -390,7 +392,7 @@ void http_server::start() {
   i.acceptor.listen(asio::socket_base::max_listen_connections);
   i.bound_port = i.acceptor.local_endpoint().port();
   i.work.emplace(i.ioc.get_executor());
-  asio::co_spawn(i.ioc, i.accept_loop(), asio::detached);
+  asio::co_spawn(i.accept_strand, i.accept_loop(), asio::detached);
   unsigned n = std::max(1u, i.options.io_threads);
   for (unsigned t = 0; t < n; ++t) i.threads.emplace_back([&i] { i.ioc.run(); });
 }
@@ -407,7 +409,7 @@ void http_server::stop(std::chrono::milliseconds drain) {
   auto& i = *impl_;
   if (i.stopping.exchange(true)) return;
   // 1. Stop accepting.
-  asio::post(i.ioc, [&i] {
+  asio::post(i.accept_strand, [&i] {
     beast::error_code ignored;
     i.acceptor.close(ignored);
   });
