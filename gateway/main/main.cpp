@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "yilian/adapters/file_loader.hpp"
+#include "yilian/fhir/fhirpath.hpp"
 #include "yilian/fhir/json.hpp"
 #include "yilian/fhir/validator.hpp"
 #include "yilian/fhir/xml.hpp"
@@ -46,6 +47,8 @@ const char* usage =
     "                                      Start a private PostgreSQL cluster under DIR and leave it running\n"
     "  postgres stop --data-dir DIR        Stop it\n"
     "  validate FILE [--type TYPE]         Validate a FHIR resource (JSON or XML); prints an OperationOutcome\n"
+    "  fhirpath EXPRESSION FILE            Evaluate a FHIRPath expression on a resource (JSON or XML); prints\n"
+    "                                      the result collection as JSON (type, path and value of each item)\n"
     "  convert fhir FILE --to json|xml [--pretty]\n"
     "                                      Convert a FHIR resource between JSON and XML\n"
     "  version                             Print the version\n";
@@ -137,6 +140,45 @@ int cmd_convert(std::vector<std::string> args) {
     return 1;
   }
   std::cout << out << "\n";
+  return 0;
+}
+
+int cmd_fhirpath(std::vector<std::string> args) {
+  if (args.size() != 2) {
+    std::cerr << "usage: yilian fhirpath EXPRESSION FILE\n";
+    return 2;
+  }
+  fhir::value resource;
+  fhir::issue_list issues;
+  if (!parse_any(read_file(args[1]), resource, issues)) {
+    std::cerr << fhir::to_json(fhir::to_operation_outcome(issues), {.pretty = true}) << "\n";
+    return 1;
+  }
+  namespace fp = fhir::fhirpath;
+  fp::collection result;
+  try {
+    fp::evaluate_options options;
+    options.track_paths = true;
+    result = fp::compile(args[0]).evaluate(resource, options);
+  } catch (const fp::syntax_error& e) {
+    std::cerr << args[0] << "\n" << std::string(e.position(), ' ') << "^ " << e.what() << "\n";
+    return 1;
+  } catch (const fp::evaluation_error& e) {
+    std::cerr << "evaluation error: " << e.what() << "\n";
+    return 1;
+  }
+  fhir::value out = fhir::value::make_array();
+  for (const auto& item : result) {
+    fhir::value entry = fhir::value::make_object();
+    entry.set("type", fhir::value::make_string(item.type_name()));
+    if (!item.path.empty()) entry.set("path", fhir::value::make_string(item.path));
+    if (item.is_node() && item.node && (item.node->is_object() || item.node->is_array()))
+      entry.set("value", *item.node);
+    else if (auto text = item.to_string())
+      entry.set("value", fhir::value::make_string(*text));
+    out.push_back(std::move(entry));
+  }
+  std::cout << fhir::to_json(out, {.pretty = true}) << "\n";
   return 0;
 }
 
@@ -263,6 +305,7 @@ int main(int argc, char** argv) {
     if (command == "postgres") return cmd_postgres(args);
     if (command == "validate") return cmd_validate(args);
     if (command == "convert") return cmd_convert(args);
+    if (command == "fhirpath") return cmd_fhirpath(args);
     if (command == "version" || command == "--version") {
       std::cout << "yilian " << version << " (FHIR R4 4.0.1)\n";
       return 0;
