@@ -429,7 +429,17 @@ collection evaluator::strings(fn id, const collection& in, const ast& n, const f
           return str(out);
         }
         if (s->size() % 2) return {};
-        for (std::size_t i = 0; i < s->size(); i += 2) out += static_cast<char>(std::stoi(s->substr(i, 2), nullptr, 16));
+        auto nibble = [](char c) {
+          if (c >= '0' && c <= '9') return c - '0';
+          if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+          if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+          return -1;
+        };
+        for (std::size_t i = 0; i < s->size(); i += 2) {
+          int hi = nibble((*s)[i]), lo = nibble((*s)[i + 1]);
+          if (hi < 0 || lo < 0) return {};
+          out += static_cast<char>(hi * 16 + lo);
+        }
         return str(out);
       }
       throw evaluation_error("unknown encoding '" + *enc + "'");

@@ -322,7 +322,20 @@ class parser {
     return -1;
   }
 
+  // Nesting limit: expressions may come from outside (profiles, _filter); the parser and the
+  // evaluator recurse per level.
+  static constexpr int max_depth = 200;
+
+  struct depth_guard {
+    int& depth;
+    depth_guard(int& d, std::size_t pos) : depth(d) {
+      if (++depth > max_depth) throw syntax_error("expression nested too deeply", pos);
+    }
+    ~depth_guard() { --depth; }
+  };
+
   std::unique_ptr<ast> expression(int min_prec) {
+    depth_guard guard(depth_, peek().pos);
     auto lhs = unary();
     for (;;) {
       binary_op op{};
@@ -338,6 +351,7 @@ class parser {
         lhs = std::move(n);
         continue;
       }
+      count_step(t.pos);
       auto rhs = expression(prec + 1);  // all binary operators are left-associative
       auto n = std::make_unique<ast>();
       n->kind = node_kind::binary;
@@ -362,6 +376,7 @@ class parser {
   }
 
   std::unique_ptr<ast> unary() {
+    depth_guard guard(depth_, peek().pos);
     const token& t = peek();
     if (is_op(t, "-") || is_op(t, "+")) {
       ++p_;
@@ -374,8 +389,14 @@ class parser {
     return postfix(term());
   }
 
+  // Operator and invocation chains build left-deep trees the evaluator recurses through.
+  void count_step(std::size_t pos) {
+    if (++steps_ > 2000) throw syntax_error("expression too long (more than 2000 operations)", pos);
+  }
+
   std::unique_ptr<ast> postfix(std::unique_ptr<ast> e) {
     for (;;) {
+      count_step(peek().pos);
       if (is_op(peek(), ".")) {
         ++p_;
         auto n = invocation();
@@ -538,6 +559,8 @@ class parser {
 
   std::vector<token> t_;
   std::size_t p_ = 0;
+  int depth_ = 0;
+  int steps_ = 0;
 };
 
 }  // namespace

@@ -483,7 +483,9 @@ std::optional<unit_value> parse_unit_term(std::string_view t) {
   if (end < t.size() && end > 0 && t[end - 1] != ']' && !(end == 0)) {
     std::size_t sign_pos = end;
     if (end > 1 && t[end - 1] == '-') sign_pos = end - 1;
-    exp = std::stoi(std::string(t.substr(end)));
+    if (t.size() - end > 2) return std::nullopt;  // exponents beyond 99 are not units
+    exp = 0;
+    for (char c : t.substr(end)) exp = exp * 10 + (c - '0');
     if (sign_pos != end) exp = -exp;
     t = t.substr(0, sign_pos);
   }

@@ -76,6 +76,12 @@ TEST_CASE("fhirpath: syntax errors carry the offending position") {
     CHECK(std::string(e.what()).find("offset 11") != std::string::npos);
   }
   CHECK_NOTHROW(fp::compile("Patient.name.where(use = 'official').given.first()"));
+  // Hostile input cannot exhaust the stack.
+  CHECK(error_position(std::string(5000, '(') + "1" + std::string(5000, ')')) < 5000);
+  std::string chain = "a";
+  for (int i = 0; i < 5000; ++i) chain += ".a";
+  CHECK_THROWS_AS(fp::compile(chain), fp::syntax_error);
+  CHECK_THROWS_AS(fp::compile("'a'.matches('(')"), fp::syntax_error);
 }
 
 TEST_CASE("fhirpath: navigation and functions on a small Patient") {
