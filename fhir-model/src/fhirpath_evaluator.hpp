@@ -8,6 +8,7 @@
 #include <ctime>
 #include <optional>
 #include <string>
+#include <unordered_set>
 
 #include "fhirpath_internal.hpp"
 
@@ -368,12 +369,39 @@ class evaluator {
     return false;
   }
 
-  collection distinct(const collection& in) {
+  // Text of an item whose equality is plain text equality (system strings and string-typed
+  // primitives other than dates/times); such items never equal any other kind of item.
+  static const std::string* plain_text(const item& x) {
+    if (x.kind == item_kind::string) return &x.string_value;
+    if (x.kind != item_kind::node || !x.node || !x.node->is_string()) return nullptr;
+    std::string_view t = x.fhir_type;
+    if (t == "date" || t == "dateTime" || t == "instant" || t == "time") return nullptr;
+    return &x.node->text();
+  }
+
+  // Distinct union of collections in order (union operator, union(), distinct()). Strings go
+  // through a hash set (code lists can be long); other items are compared pairwise.
+  collection distinct_union(const collection& a, const collection* b) {
     collection out;
-    for (const item& x : in)
-      if (!contains_item(out, x)) out.push_back(x);
+    out.reserve(a.size() + (b ? b->size() : 0));
+    std::unordered_set<std::string_view> texts;
+    collection others;
+    auto add = [&](const item& x) {
+      if (const std::string* t = plain_text(x)) {
+        if (texts.insert(*t).second) out.push_back(x);
+        return;
+      }
+      if (contains_item(others, x)) return;
+      others.push_back(x);
+      out.push_back(x);
+    };
+    for (const item& x : a) add(x);
+    if (b)
+      for (const item& x : *b) add(x);
     return out;
   }
+
+  collection distinct(const collection& in) { return distinct_union(in, nullptr); }
 
   std::optional<bool> collections_equal(const collection& a, const collection& b) {
     if (a.empty() || b.empty()) return std::nullopt;
@@ -447,12 +475,7 @@ class evaluator {
     collection a = eval(l, f);
     collection b = eval(r, f);
     switch (n.op) {
-      case binary_op::union_: {
-        collection out = distinct(a);
-        for (const item& x : b)
-          if (!contains_item(out, x)) out.push_back(x);
-        return out;
-      }
+      case binary_op::union_: return distinct_union(a, &b);
       case binary_op::eq: return boolean_result(collections_equal(a, b));
       case binary_op::ne: {
         auto e = collections_equal(a, b);

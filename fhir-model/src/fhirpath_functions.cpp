@@ -835,10 +835,7 @@ collection evaluator::call(const ast& n, const frame& f) {
     }
     case fn::f_union: {
       collection other = eval(*n.args[0], f);
-      collection out = distinct(in);
-      for (const item& x : other)
-        if (!contains_item(out, x)) out.push_back(x);
-      return out;
+      return distinct_union(in, &other);
     }
     case fn::f_combine: {
       collection other = eval(*n.args[0], f);
