@@ -164,6 +164,12 @@ class evaluator {
       }
       return t;
     }
+    if (el->type_codes.empty() && el->content_reference.size() > 1) {
+      // Questionnaire.item.item: the type of the element the contentReference names.
+      if (const element_def* target = defs_.find_element(std::string_view(el->content_reference).substr(1));
+          target && target->type_codes.size() == 1)
+        return target->type_codes[0];
+    }
     return {};
   }
 

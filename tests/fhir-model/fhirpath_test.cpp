@@ -102,6 +102,11 @@ TEST_CASE("fhirpath: navigation and functions on a small Patient") {
     REQUIRE(items.size() == 3);
     CHECK(items[0].fhir_type == "string");
     CHECK(fp::compile("birthDate").evaluate(patient)[0].fhir_type == "date");
+    CHECK(fp::compile("Patient.id").evaluate(patient)[0].fhir_type == "id");
+    value q = parse(R"({"resourceType": "Questionnaire", "status": "draft",
+      "item": [{"linkId": "1", "type": "group", "item": [{"linkId": "1.1", "type": "string"}]}]})");
+    CHECK(eval_texts("item.item.type().name", q) == std::vector<std::string>{"BackboneElement"});
+    CHECK(eval_texts("item.item.linkId", q) == std::vector<std::string>{"1.1"});
     CHECK_THROWS_AS(fp::compile("Patient.deceasedBoolean").evaluate(patient), fp::evaluation_error);
   }
 
@@ -136,6 +141,50 @@ TEST_CASE("fhirpath: navigation and functions on a small Patient") {
     CHECK(fp::compile("active").evaluate_boolean(patient) == true);
     CHECK(fp::compile("name.where(use = 'x')").evaluate_boolean(patient) == std::nullopt);
   }
+}
+
+TEST_CASE("fhirpath: system values (dates, quantities, decimals)") {
+  value empty = parse(R"({"resourceType": "Basic", "code": {"text": "x"}})");
+  struct row {
+    const char* expression;
+    std::vector<std::string> expected;
+  };
+  const row rows[] = {
+      {"@2020-01-31 + 1 month", {"2020-02-29"}},
+      {"@2020-02-29 + 1 year", {"2021-02-28"}},
+      {"@2019-12-31T23:59:59Z + 1 second", {"2020-01-01T00:00:00Z"}},
+      {"@T10:00 + 3 hours", {"13:00"}},
+      {"@2020-01-01T10:00:00+02:00 = @2020-01-01T08:00:00Z", {"true"}},
+      {"@2020-01-01 = @2020-01-01T10:00", {}},
+      {"@2020-01 < @2020-02-15", {"true"}},
+      {"1 'kg' = 1000 'g'", {"true"}},
+      {"1 '[lb_av]' < 1 'kg'", {"true"}},
+      {"1 'L' = 1000 'mL'", {"true"}},
+      {"5 'mg/dL' = 50 'mg/L'", {"true"}},
+      {"1 'h' = 60 'min'", {"true"}},
+      {"1 year = 1 'a'", {}},
+      {"1 'm' + 50 'cm'", {"1.50000000 'm'"}},
+      {"10 'mg'.toQuantity('g') = 0.01 'g'", {"true"}},
+      {"0.1 + 0.2 = 0.3", {"true"}},
+      {"10 / 3", {"3.33333333"}},
+      {"(10 / 3).round(3)", {"3.333"}},
+      {"1.50 * 2", {"3.00"}},
+      {"-7 div 2", {"-3"}},
+      {"7 mod -2", {"1"}},
+      {"1.1.ceiling()", {"2"}},
+      {"(-1.1).floor()", {"-2"}},
+      {"1 '%' = 0.01 '1'", {"true"}},
+      {"Basic.code.text & '-' & 'y'", {"x-y"}},
+  };
+  for (const row& r : rows) {
+    CAPTURE(r.expression);
+    CHECK(eval_texts(r.expression, empty) == r.expected);
+  }
+  fp::evaluate_options o;
+  o.now = fp::parse_temporal("2024-05-06T07:08:09.010Z", fp::item_kind::datetime);
+  CHECK(eval_texts("today()", empty, o) == std::vector<std::string>{"2024-05-06"});
+  CHECK(eval_texts("now()", empty, o) == std::vector<std::string>{"2024-05-06T07:08:09.010Z"});
+  CHECK(eval_texts("timeOfDay()", empty, o) == std::vector<std::string>{"07:08:09.010"});
 }
 
 TEST_CASE("fhirpath: resolve() within a Bundle and contained resources") {
