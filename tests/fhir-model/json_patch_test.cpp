@@ -8,6 +8,7 @@
 #include <set>
 #include <string>
 
+#include "test_support.hpp"
 #include "yilian/fhir/json.hpp"
 
 using yilian::fhir::apply_json_patch;
@@ -20,50 +21,10 @@ using yilian::fhir::value_kind;
 
 namespace {
 
-std::string read_text(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-value parse(std::string_view text) {
-  value v;
-  issue_list issues;
-  bool ok = parse_json(text, v, issues);
-  REQUIRE_MESSAGE(ok, text);
-  return v;
-}
-
-// JSON equality: member order does not matter.
-bool same_json(const value& a, const value& b) {
-  if (a.kind() != b.kind()) return false;
-  if (a.is_object()) {
-    if (a.members().size() != b.members().size()) return false;
-    for (const auto& m : a.members()) {
-      const value* other = b.find(m.name);
-      if (other == nullptr || !same_json(m.val, *other)) return false;
-    }
-    return true;
-  }
-  if (a.is_array()) {
-    if (a.items().size() != b.items().size()) return false;
-    for (std::size_t i = 0; i < a.items().size(); ++i)
-      if (!same_json(a.items()[i], b.items()[i])) return false;
-    return true;
-  }
-  return a.text() == b.text();
-}
-
-// Comments of conformance cases that cannot pass, with the reason (one per line: comment<TAB>reason).
-std::set<std::string> known_failures() {
-  std::set<std::string> out;
-  std::ifstream in(std::filesystem::path(YILIAN_SOURCE_DIR) / "tests/data/json-patch-known-failures.txt");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty() || line[0] == '#') continue;
-    out.insert(line.substr(0, line.find('\t')));
-  }
-  return out;
-}
+using yilian::test::known_failures;
+using yilian::test::same_json;
+value parse(std::string_view text) { return yilian::test::parse_json_or_fail(text); }
+std::string read_text(const std::filesystem::path& path) { return yilian::test::read_file(path); }
 
 }  // namespace
 
@@ -72,7 +33,7 @@ TEST_CASE("json patch: official conformance cases") {
   REQUIRE(std::filesystem::exists(path));
   value cases = parse(read_text(path));
   REQUIRE(cases.is_array());
-  auto known = known_failures();
+  auto known = known_failures("json-patch-known-failures.txt");
   int run = 0;
   for (const value& c : cases.items()) {
     const value* comment = c.find("comment");

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "test_support.hpp"
 #include "yilian/fhir/json.hpp"
 
 using yilian::fhir::is_valid_primitive;
@@ -29,18 +30,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-value parse(std::string_view text) {
-  value v;
-  issue_list issues;
-  bool ok = parse_json(text, v, issues);
-  REQUIRE_MESSAGE(ok, text);
-  return v;
-}
+std::string read_text(const fs::path& path) { return yilian::test::read_file(path); }
+value parse(std::string_view text) { return yilian::test::parse_json_or_fail(text); }
 
 issue_list validate(std::string_view json, validation_options options = {}) {
   issue_list issues;
@@ -294,20 +285,8 @@ TEST_CASE("validator: golden OperationOutcomes") {
 // tests/data/validation-known-invalid-examples.txt, which must fail.
 TEST_CASE("validator: official R4 examples") {
   fs::path dir = YILIAN_FHIR_PACKAGE_DIR;
-  if (!fs::exists(dir)) {
-    MESSAGE("official examples not found at " << dir << "; skipped");
-    return;
-  }
-  std::map<std::string, std::string> known;
-  {
-    std::ifstream in(fs::path(YILIAN_SOURCE_DIR) / "tests/data/validation-known-invalid-examples.txt");
-    std::string line;
-    while (std::getline(in, line)) {
-      if (line.empty() || line[0] == '#') continue;
-      auto tab = line.find('\t');
-      known[line.substr(0, tab)] = tab == std::string::npos ? "" : line.substr(tab + 1);
-    }
-  }
+  REQUIRE_MESSAGE(fs::exists(dir), "official examples not found at " << dir << ": run scripts/fetch-fhir-package");
+  auto known = yilian::test::known_failures("validation-known-invalid-examples.txt");
   int checked = 0, failed = 0, unexpected = 0;
   for (const auto& entry : fs::directory_iterator(dir)) {
     std::string file = entry.path().filename().string();

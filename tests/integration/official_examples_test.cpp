@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "test_database.hpp"
+#include "test_support.hpp"
 #include "yilian/fhir/json.hpp"
 #include "yilian/fhir/validator.hpp"
 #include "yilian/fhir/xml.hpp"
@@ -19,40 +20,6 @@
 using namespace yilian;
 
 namespace {
-
-std::string slurp(const std::filesystem::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
-
-// Files listed (first word of each non-comment line) in a known-failures file.
-std::set<std::string> listed(const std::filesystem::path& file) {
-  std::set<std::string> out;
-  std::ifstream in(file);
-  for (std::string line; std::getline(in, line);) {
-    if (line.empty() || line[0] == '#') continue;
-    out.insert(line.substr(0, line.find_first_of(" \t")));
-  }
-  return out;
-}
-
-// JSON member order is not significant (and the official examples do not follow definition order,
-// which XML must): compare with object members sorted by name, arrays in order.
-fhir::value canonical(const fhir::value& v) {
-  if (v.is_array()) {
-    fhir::value out = fhir::value::make_array();
-    for (const auto& i : v.items()) out.push_back(canonical(i));
-    return out;
-  }
-  if (!v.is_object()) return v;
-  fhir::value out = fhir::value::make_object();
-  for (const auto& m : v.members()) out.members().push_back({m.name, canonical(m.val)});
-  std::sort(out.members().begin(), out.members().end(),
-            [](const fhir::member& a, const fhir::member& b) { return a.name < b.name; });
-  return out;
-}
 
 fhir::value without_server_meta(fhir::value v) {
   if (fhir::value* meta = v.find("meta")) {
@@ -69,7 +36,7 @@ TEST_CASE("official R4 examples: PUT, then read back identical in JSON and XML")
   const std::filesystem::path package = YILIAN_FHIR_PACKAGE_DIR;
   REQUIRE_MESSAGE(std::filesystem::is_directory(package),
                   "the official package is missing: run scripts/fetch-fhir-package");
-  auto known_invalid = listed(std::filesystem::path(YILIAN_SOURCE_DIR) / "tests/data/validation-known-invalid-examples.txt");
+  auto known_invalid = test::known_failures("validation-known-invalid-examples.txt");
 
   gateway::resource_store store(test::fresh_database_url("official_examples"), 2);
   store.migrate();
@@ -87,7 +54,7 @@ TEST_CASE("official R4 examples: PUT, then read back identical in JSON and XML")
   std::vector<std::string> failures;
   for (const auto& file : files) {
     std::string name = file.filename().string();
-    std::string text = slurp(file);
+    std::string text = test::read_file(file);
     fhir::value original;
     fhir::issue_list issues;
     if (!fhir::parse_json(text, original, issues)) {
@@ -125,10 +92,12 @@ TEST_CASE("official R4 examples: PUT, then read back identical in JSON and XML")
       failures.push_back(name + ": JSON read answered " + std::to_string(json.status));
       continue;
     }
-    fhir::value expected = canonical(without_server_meta(original));
-    fhir::value actual = canonical(without_server_meta(read_back));
+    // JSON member order is not significant (the official examples do not follow definition
+    // order, which XML must): compare with test::same_json.
+    fhir::value expected = without_server_meta(original);
+    fhir::value actual = without_server_meta(read_back);
     if (!id) actual.erase("id");  // the server assigned it (POST)
-    if (!(actual == expected)) {
+    if (!test::same_json(actual, expected)) {
       failures.push_back(name + ": JSON read back differs");
       continue;
     }
@@ -141,7 +110,7 @@ TEST_CASE("official R4 examples: PUT, then read back identical in JSON and XML")
       failures.push_back(name + ": XML read answered " + std::to_string(xml.status) + " or did not parse");
       continue;
     }
-    if (!(canonical(without_server_meta(from_xml)) == canonical(without_server_meta(read_back))))
+    if (!test::same_json(without_server_meta(from_xml), without_server_meta(read_back)))
       failures.push_back(name + ": XML read back differs from JSON");
   }
   for (const auto& f : failures) std::cerr << "  " << f << "\n";

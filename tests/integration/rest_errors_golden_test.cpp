@@ -9,20 +9,13 @@
 #include <sstream>
 
 #include "test_database.hpp"
+#include "test_support.hpp"
 #include "yilian/fhir/json.hpp"
 #include "yilian/gateway/fhir_api.hpp"
 #include "yilian/gateway/resource_store.hpp"
 
 using namespace yilian;
 
-namespace {
-std::string slurp(const std::filesystem::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
-}  // namespace
 
 TEST_CASE("rejected requests answer golden OperationOutcomes") {
   gateway::resource_store store(test::fresh_database_url("rest_errors"), 1);
@@ -38,7 +31,7 @@ TEST_CASE("rejected requests answer golden OperationOutcomes") {
     CAPTURE(base);
     fhir::value spec;
     fhir::issue_list issues;
-    REQUIRE(fhir::parse_json(slurp(entry.path()), spec, issues));
+    REQUIRE(fhir::parse_json(test::read_file(entry.path()), spec, issues));
     gateway::http_request req;
     req.method = spec.find("method")->text();
     req.target = spec.find("target")->text();
@@ -58,7 +51,7 @@ TEST_CASE("rejected requests answer golden OperationOutcomes") {
     } else {
       REQUIRE_MESSAGE(std::filesystem::exists(expected_path), "missing " << expected_path.string());
       fhir::value expected;
-      REQUIRE(fhir::parse_json(slurp(expected_path), expected, issues));
+      REQUIRE(fhir::parse_json(test::read_file(expected_path), expected, issues));
       CHECK_MESSAGE(actual == expected, "got " << fhir::to_json(actual, {.pretty = true}));
     }
     CHECK(res.status >= 400);
