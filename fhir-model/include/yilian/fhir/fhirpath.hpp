@@ -13,12 +13,23 @@
 // count). evaluate() throws `evaluation_error` for what the specification calls execution errors
 // (single() on several items, comparing a string with a number, as() on a collection...).
 //
-// Limits (documented, not silently wrong): memberOf/conformsTo/elementDefinition/slice/
-// checkModifiers need a terminology/profile engine and are evaluation errors (conformsTo answers
-// only for the core resource StructureDefinitions); UCUM support is a table of common units with
-// prefixes (mass, length, volume, time, amount, dimensionless, and products/quotients of those);
-// regular expressions (matches, replaceMatches) use std::regex (ECMAScript flavour, dot matches
-// newlines is emulated; literal patterns are compiled once with the expression).
+// Limits (documented, not silently wrong):
+//  - memberOf/elementDefinition/slice/checkModifiers need a terminology or profile engine and are
+//    evaluation errors; conformsTo answers only for the core StructureDefinitions
+//    (http://hl7.org/fhir/StructureDefinition/<Type>) and is an error for any other profile;
+//    htmlChecks() is always true (narrative is checked by the validator).
+//  - UCUM is a table of common units with metric prefixes (mass, length, volume, time, amount,
+//    %, [iU], [lb_av], [in_i]...) and their products/quotients ("mg/dL", "m2"). Calendar durations
+//    follow the specification: week..millisecond equal their UCUM units, year/month never equal
+//    'a'/'mo' (the comparison is empty), and date arithmetic refuses 'a' and 'mo'.
+//  - Decimals are exact (128-bit mantissa and the literal's scale); division and the
+//    transcendental functions give 8 decimal places.
+//  - Regular expressions (matches, matchesFull, replaceMatches) use std::regex, ECMAScript flavour
+//    with '.' matching line breaks; literal patterns are compiled once, with the expression.
+//  - compile() rejects expressions nested deeper than 100 levels or longer than 2000 operators.
+//  - FHIRPath 2.0 additions present in the official R4 test file are implemented too: trim,
+//    split, join, encode/decode, escape/unescape, sort, aggregate, precision, lowBoundary,
+//    highBoundary, comparable, matchesFull.
 //
 // resolve() finds contained resources ("#id") and Bundle entries (fullUrl or Type/id) of
 // %rootResource. A reference it cannot find still yields an item of the type the reference names
