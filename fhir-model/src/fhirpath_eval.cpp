@@ -36,6 +36,14 @@ item resource_item(const value& resource, const definitions& defs) {
   return it;
 }
 
+item node_item(const value& element, std::string_view fhir_type, const definitions& defs) {
+  item it;
+  it.kind = item_kind::node;
+  it.node = &element;
+  if (const type_def* td = defs.find_type(fhir_type)) it.fhir_type = td->name;
+  return it;
+}
+
 const std::string& expression::text() const noexcept {
   static const std::string none;
   return program_ ? program_->text : none;

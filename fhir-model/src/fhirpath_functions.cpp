@@ -355,6 +355,8 @@ collection evaluator::strings(fn id, const collection& in, const ast& n, const f
       std::shared_ptr<const std::regex> re = n.regex;
       auto pat = string_arg(*n.args[0], f);
       if (!pat) return {};
+      // libstdc++'s regex engine recurses per character: bound the input it is given.
+      if (s->size() > 100000) throw evaluation_error("string too long for a regular expression (over 100000 bytes)");
       std::optional<std::string> rep;
       if (id == fn::f_replaceMatches) {
         rep = string_arg(*n.args[1], f);

@@ -224,6 +224,16 @@ TEST_CASE("fhirpath: regular expressions are single-line and may be precompiled"
   CHECK_THROWS_AS(fp::compile("'a'.matches('(' + '')").evaluate(patient), fp::evaluation_error);
 }
 
+TEST_CASE("fhirpath: invariants on a datatype element") {
+  value patient = parse(patient_json);
+  const value& name = patient.find("name")->items()[0];
+  fp::collection input{fp::node_item(name, "HumanName")};
+  auto r = fp::compile("family.exists() and given.count() = 2 and $this is HumanName").evaluate(input, &patient);
+  REQUIRE(r.size() == 1);
+  CHECK(r[0].boolean_value);
+  CHECK(fp::compile("%resource.id").evaluate(input, &patient)[0].to_string() == "p1");
+}
+
 TEST_CASE("fhirpath: compiled expressions are shared across threads") {
   value patient = parse(patient_json);
   fp::expression e = fp::compile("name.where(given.exists()).given.count()");

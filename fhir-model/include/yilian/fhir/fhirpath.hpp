@@ -195,6 +195,10 @@ expression compile(std::string_view text);
 
 // Node item for a resource (type from resourceType).
 item resource_item(const value& resource, const definitions& defs = definitions::r4());
+// Node item for any element given its FHIR type ("HumanName", "Quantity", "string"): evaluate
+// invariants of datatypes with expression::evaluate({node_item(...)}, &resource, options).
+// An unknown type name gives an untyped node (plain JSON navigation).
+item node_item(const value& element, std::string_view fhir_type, const definitions& defs = definitions::r4());
 
 // Formatting helpers (FHIRPath literal text without the '@').
 std::string to_string(const temporal& t, item_kind kind);
