@@ -2,10 +2,12 @@
 // /work/shared/conformance/fhirpath). Every test runs; the ones listed in
 // tests/data/fhirpath-known-failures.txt (name<TAB>reason) may fail, all others must pass. A listed
 // test that passes is reported, not failed, so the list can be trimmed.
+// YILIAN_FHIRPATH_FAILURES_OUT=<file> writes every failing test with what went wrong.
 #include "yilian/fhir/fhirpath.hpp"
 
 #include <doctest/doctest.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
