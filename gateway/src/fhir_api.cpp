@@ -240,7 +240,7 @@ std::string now_instant() {
   std::tm gmt{};
   gmtime_r(&secs, &gmt);
   char buf[96];
-  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", gmt.tm_year + 1900, gmt.tm_mon + 1, gmt.tm_mday,
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03d+00:00", gmt.tm_year + 1900, gmt.tm_mon + 1, gmt.tm_mday,
                 gmt.tm_hour, gmt.tm_min, gmt.tm_sec, static_cast<int>(ms % 1000));
   return buf;
 }
