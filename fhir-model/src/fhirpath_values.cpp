@@ -350,10 +350,7 @@ std::string to_string(const temporal& t, item_kind kind) {
       std::snprintf(buf, sizeof buf, "-%02d", t.day);
       out += buf;
     }
-    if (kind == item_kind::date || t.prec <= precision::day) {
-      if (kind == item_kind::datetime && t.prec <= precision::day) out += "T";
-      return out;
-    }
+    if (kind == item_kind::date || t.prec <= precision::day) return out;  // toString() of a DateTime has no bare 'T'
     out += "T";
   }
   std::snprintf(buf, sizeof buf, "%02d", t.hour);

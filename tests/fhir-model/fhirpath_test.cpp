@@ -175,6 +175,8 @@ TEST_CASE("fhirpath: system values (dates, quantities, decimals)") {
       {"(-1.1).floor()", {"-2"}},
       {"1 '%' = 0.01 '1'", {"true"}},
       {"Basic.code.text & '-' & 'y'", {"x-y"}},
+      {"@2015-02T.toString()", {"2015-02"}},
+      {"'2015-02-04'.toDateTime().toString()", {"2015-02-04"}},
   };
   for (const row& r : rows) {
     CAPTURE(r.expression);
