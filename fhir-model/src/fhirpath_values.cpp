@@ -13,19 +13,32 @@ using int128 = decimal::int128;
 
 namespace {
 
+// Checked 128-bit arithmetic: decimals beyond ~38 digits are an evaluation error, never UB.
+int128 mul(int128 a, int128 b) {
+  int128 r;
+  if (__builtin_mul_overflow(a, b, &r)) throw evaluation_error("decimal value out of range");
+  return r;
+}
+
+int128 add(int128 a, int128 b) {
+  int128 r;
+  if (__builtin_add_overflow(a, b, &r)) throw evaluation_error("decimal value out of range");
+  return r;
+}
+
 int128 pow10(int n) {
   int128 r = 1;
-  for (int i = 0; i < n; ++i) r *= 10;
+  for (int i = 0; i < n; ++i) r = mul(r, 10);
   return r;
 }
 
 // Aligns two decimals to the same scale.
 void align(decimal& a, decimal& b) {
   if (a.scale < b.scale) {
-    a.mantissa *= pow10(b.scale - a.scale);
+    a.mantissa = mul(a.mantissa, pow10(b.scale - a.scale));
     a.scale = b.scale;
   } else if (b.scale < a.scale) {
-    b.mantissa *= pow10(a.scale - b.scale);
+    b.mantissa = mul(b.mantissa, pow10(a.scale - b.scale));
     b.scale = a.scale;
   }
 }
@@ -78,11 +91,16 @@ std::optional<decimal> decimal::parse(std::string_view text) {
     }
     if (!edig) return std::nullopt;
     if (eneg) {
+      if (d.scale + e > 38) return std::nullopt;
       d.scale += e;
     } else if (e <= d.scale) {
       d.scale -= e;
     } else {
-      d.mantissa *= pow10(e - d.scale);
+      try {
+        d.mantissa = mul(d.mantissa, pow10(e - d.scale));
+      } catch (const evaluation_error&) {
+        return std::nullopt;
+      }
       d.scale = 0;
     }
   }
@@ -132,7 +150,7 @@ int compare(const decimal& a, const decimal& b) {
 decimal decimal::rounded(int to_scale) const {
   if (to_scale >= scale) {
     decimal d = *this;
-    d.mantissa *= pow10(to_scale - scale);
+    d.mantissa = mul(d.mantissa, pow10(to_scale - scale));
     d.scale = to_scale;
     return d;
   }
@@ -610,12 +628,12 @@ bool is_calendar_unit(std::string_view w) {
 decimal decimal_add(const decimal& a, const decimal& b, bool subtract) {
   decimal x = a, y = b;
   align(x, y);
-  x.mantissa = subtract ? x.mantissa - y.mantissa : x.mantissa + y.mantissa;
+  x.mantissa = add(x.mantissa, subtract ? -y.mantissa : y.mantissa);
   return x;
 }
 
 decimal decimal_mul(const decimal& a, const decimal& b) {
-  decimal r{a.mantissa * b.mantissa, a.scale + b.scale};
+  decimal r{mul(a.mantissa, b.mantissa), a.scale + b.scale};
   if (r.scale > 16) r = r.rounded(16);
   return r;
 }
@@ -626,8 +644,8 @@ std::optional<decimal> decimal_div(const decimal& a, const decimal& b) {
   // a/b = (ma / mb) * 10^(sb - sa); result mantissa at scale `target`.
   int shift = target + b.scale - a.scale;
   int128 num = a.mantissa, den = b.mantissa;
-  if (shift >= 0) num *= pow10(shift);
-  else den *= pow10(-shift);
+  if (shift >= 0) num = mul(num, pow10(shift));
+  else den = mul(den, pow10(-shift));
   return decimal{div_round(num, den), target};
 }
 

@@ -135,6 +135,9 @@ TEST_CASE("fhirpath: navigation and functions on a small Patient") {
     CHECK_THROWS_AS(fp::compile("%unknown").evaluate(patient), fp::evaluation_error);
     CHECK_THROWS_AS(fp::compile("name.single()").evaluate(patient), fp::evaluation_error);
     CHECK_THROWS_AS(fp::compile("1 + 'a'").evaluate(patient), fp::evaluation_error);
+    CHECK_THROWS_AS(fp::compile("99999999999999999999.0 * 99999999999999999999.0").evaluate(patient), fp::evaluation_error);
+    CHECK_THROWS_AS(fp::compile("9223372036854775807 + 1"), fp::syntax_error);
+    CHECK_THROWS_AS(fp::compile("2147483647 * 2147483647 * 2147483647").evaluate(patient), fp::evaluation_error);
   }
 
   SUBCASE("boolean helper") {
