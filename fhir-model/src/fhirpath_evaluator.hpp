@@ -3,6 +3,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
 #include <chrono>
 #include <cmath>
 #include <ctime>
@@ -69,7 +70,10 @@ class evaluator {
             throw evaluation_error("unary + needs a number");
           return collection{v};
         }
-        if (v.kind == item_kind::integer) v.integer_value = -v.integer_value;
+        if (v.kind == item_kind::integer) {
+          if (v.integer_value == INT64_MIN) throw evaluation_error("integer overflow");
+          v.integer_value = -v.integer_value;
+        }
         else if (v.kind == item_kind::decimal || v.kind == item_kind::quantity) v.decimal_value.mantissa = -v.decimal_value.mantissa;
         else throw evaluation_error("unary - needs a number, not " + v.type_name());
         return collection{v};
@@ -566,11 +570,12 @@ class evaluator {
             break;
           case binary_op::int_div:
             if (y == 0) return {};
+            if (x == INT64_MIN && y == -1) throw evaluation_error("integer overflow");
             r = x / y;
             break;
           case binary_op::mod:
             if (y == 0) return {};
-            r = x % y;
+            r = y == -1 ? 0 : x % y;
             break;
           default: break;
         }

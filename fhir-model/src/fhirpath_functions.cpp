@@ -152,7 +152,10 @@ collection evaluator::math(fn id, const collection& in, const ast& n, const fram
   };
   switch (id) {
     case fn::f_abs:
-      if (is_int) return collection{item::make_integer(v.integer_value < 0 ? -v.integer_value : v.integer_value)};
+      if (is_int) {
+        if (v.integer_value == INT64_MIN) throw evaluation_error("integer overflow");
+        return collection{item::make_integer(v.integer_value < 0 ? -v.integer_value : v.integer_value)};
+      }
       d.mantissa = d.mantissa < 0 ? -d.mantissa : d.mantissa;
       return collection{item::make_decimal(d)};
     case fn::f_ceiling: {

@@ -138,6 +138,8 @@ TEST_CASE("fhirpath: navigation and functions on a small Patient") {
     CHECK_THROWS_AS(fp::compile("99999999999999999999.0 * 99999999999999999999.0").evaluate(patient), fp::evaluation_error);
     CHECK_THROWS_AS(fp::compile("9223372036854775807 + 1"), fp::syntax_error);
     CHECK_THROWS_AS(fp::compile("2147483647 * 2147483647 * 2147483647").evaluate(patient), fp::evaluation_error);
+    CHECK_THROWS_AS(fp::compile("(-1073741824 * 1073741824 * 8) div -1").evaluate(patient), fp::evaluation_error);
+    CHECK(eval_texts("(-1073741824 * 1073741824 * 8) mod -1", patient) == std::vector<std::string>{"0"});
   }
 
   SUBCASE("boolean helper") {
