@@ -185,9 +185,13 @@ collection evaluator::math(fn id, const collection& in, const ast& n, const fram
       if (b.empty()) return {};
       item bv = to_system(single(b, "power"), defs_);
       if (is_int && bv.kind == item_kind::integer && bv.integer_value >= 0) {
-        std::int64_t r = 1;
-        for (std::int64_t k = 0; k < bv.integer_value; ++k)
-          if (__builtin_mul_overflow(r, v.integer_value, &r)) return {};
+        // Square-and-multiply: large exponents of 0, 1 or -1 must not loop for ages.
+        std::int64_t r = 1, base = v.integer_value, e = bv.integer_value;
+        while (e > 0) {
+          if ((e & 1) && __builtin_mul_overflow(r, base, &r)) return {};
+          e >>= 1;
+          if (e > 0 && __builtin_mul_overflow(base, base, &base)) return {};
+        }
         return collection{item::make_integer(r)};
       }
       long double e = bv.kind == item_kind::integer ? static_cast<long double>(bv.integer_value) : bv.decimal_value.to_double();
