@@ -245,6 +245,37 @@ TEST_CASE("fhirpath: invariants on a datatype element") {
   CHECK(fp::compile("%resource.id").evaluate(input, &patient)[0].to_string() == "p1");
 }
 
+TEST_CASE("fhirpath: random token soup only ever raises the two documented errors") {
+  value patient = parse(patient_json);
+  const char* const tokens[] = {
+      "name", "given", "family", ".", "(", ")", "[", "]", "0", "1", "2.5", "'a'", "@2020", "@2020-01-02T10:00Z", "@T10:00",
+      "where", "select", "exists", "all", "repeat", "descendants", "children", "first", "skip", "count", "iif", "not", "+",
+      "-", "*", "/", "div", "mod", "&", "|", "=", "~", "<", ">=", "and", "or", "implies", "is", "as", "String", "Quantity",
+      "$this", "$index", "$total", "%resource", "{}", ",", "true", "3 'mg'", "4 days", "ofType", "extension", "value",
+      "resolve", "toString", "toQuantity", "substring", "matches", "'[a-z]+'", "aggregate", "sort", "lowBoundary", "power",
+      "round", "union", "exclude", "type", "birthDate", "split", "encode", "'hex'", "toChars", "indexOf", "contains", "in"};
+  std::uint32_t state = 12345;
+  auto next = [&] { return state = state * 1664525u + 1013904223u; };
+  int evaluated = 0;
+  for (int i = 0; i < 20000; ++i) {
+    std::string e;
+    int n = 1 + static_cast<int>(next() >> 8) % 10;
+    for (int k = 0; k < n; ++k) {
+      e += tokens[(next() >> 8) % std::size(tokens)];
+      if ((next() >> 8) % 2) e += ' ';
+    }
+    try {
+      (void)fp::compile(e).evaluate(patient);
+      ++evaluated;
+    } catch (const fp::syntax_error&) {
+    } catch (const fp::evaluation_error&) {
+    } catch (const std::exception& ex) {
+      FAIL_CHECK(e << " threw " << ex.what());
+    }
+  }
+  CHECK(evaluated > 1000);
+}
+
 TEST_CASE("fhirpath: compiled expressions are shared across threads") {
   value patient = parse(patient_json);
   fp::expression e = fp::compile("name.where(given.exists()).given.where($this.matches('^[PJ]')).count()");
