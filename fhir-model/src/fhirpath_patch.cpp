@@ -372,6 +372,31 @@ std::optional<patch_error> patcher::put_child(value& obj, const element_def* par
   return std::nullopt;
 }
 
+// The `_name` companion object of the primitive at `last` under `parent`, created when absent.
+value* companion_object(value& parent, const step& last) {
+  std::string key = "_" + last.name;
+  if (last.index < 0) {
+    value* c = parent.find(key);
+    if (c == nullptr || !c->is_object()) {
+      parent.set(key, value::make_object());
+      c = parent.find(key);
+    }
+    return c;
+  }
+  const value* arr = parent.find(last.name);
+  std::size_t size = arr != nullptr && arr->is_array() ? arr->items().size() : 0;
+  value* comp = parent.find(key);
+  if (comp == nullptr || !comp->is_array()) {
+    parent.set(key, value::make_array());
+    comp = parent.find(key);
+  }
+  auto idx = static_cast<std::size_t>(last.index);
+  if (comp->items().size() < std::max(size, idx + 1)) comp->items().resize(std::max(size, idx + 1));
+  value& c = comp->items()[idx];
+  if (!c.is_object()) c = value::make_object();
+  return &c;
+}
+
 std::optional<std::size_t> parse_index(const std::optional<std::string>& text) {
   if (!text) return std::nullopt;
   std::size_t v = 0;
@@ -428,7 +453,13 @@ std::optional<patch_error> patcher::apply(const value& op) {
       value* parent = nullptr;
       step last;
       if (auto err = locate(it, parent, last)) return err;
-      target = const_cast<value*>(it.node);  // points into work_, which is ours to modify
+      const type_def* td = defs_.find_type(it.fhir_type);
+      if (td != nullptr && td->kind == type_kind::primitive_type) {
+        // id and extension of a primitive live in its `_name` companion.
+        target = companion_object(*parent, last);
+      } else {
+        target = const_cast<value*>(it.node);  // points into work_, which is ours to modify
+      }
     }
     if (target == nullptr || !target->is_object())
       return fail(issue_type::processing, "cannot add to " + (it.path.empty() ? path_ : it.path) +

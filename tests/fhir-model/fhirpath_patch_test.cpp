@@ -231,6 +231,26 @@ TEST_CASE("fhirpath patch: JSON Parameters, typed primitives, choice names and c
   CHECK(to_json(p2) == R"({"resourceType":"Patient","name":[{"given":["X","B","A"],"_given":[null,null,{"id":"a"}]}]})");
 }
 
+TEST_CASE("fhirpath patch: extensions of primitives go to the companion") {
+  value patient = json(R"({"resourceType":"Patient","birthDate":"1920-01-01","name":[{"given":["A","B"]}]})");
+  value add = json(R"({"resourceType":"Parameters","parameter":[
+    {"name":"operation","part":[{"name":"type","valueCode":"add"},{"name":"path","valueString":"Patient.birthDate"},
+      {"name":"name","valueString":"extension"},{"name":"value","part":[
+        {"name":"url","valueUri":"http://example.org/time"},{"name":"value","valueTime":"10:00:00"}]}]},
+    {"name":"operation","part":[{"name":"type","valueCode":"add"},{"name":"path","valueString":"Patient.name.given[1]"},
+      {"name":"name","valueString":"id"},{"name":"value","valueString":"g2"}]}]})");
+  issue_list issues;
+  REQUIRE_MESSAGE(apply_fhirpath_patch(patient, add, issues), describe(issues));
+  CHECK(to_json(patient) ==
+        R"({"resourceType":"Patient","birthDate":"1920-01-01","name":[{"given":["A","B"],"_given":[null,{"id":"g2"}]}],)"
+        R"("_birthDate":{"extension":[{"url":"http://example.org/time","valueTime":"10:00:00"}]}})");
+  value del = json(R"({"resourceType":"Parameters","parameter":[
+    {"name":"operation","part":[{"name":"type","valueCode":"delete"},{"name":"path","valueString":"Patient.birthDate.extension"}]},
+    {"name":"operation","part":[{"name":"type","valueCode":"delete"},{"name":"path","valueString":"Patient.name.given[1].id"}]}]})");
+  REQUIRE_MESSAGE(apply_fhirpath_patch(patient, del, issues), describe(issues));
+  CHECK(to_json(patient) == R"({"resourceType":"Patient","birthDate":"1920-01-01","name":[{"given":["A","B"]}]})");
+}
+
 TEST_CASE("fhirpath patch: errors are atomic and name the operation and path") {
   const value original = json(R"({"resourceType":"Patient","birthDate":"1920-01-01","gender":"male"})");
   auto check_fails = [&](std::string_view params_json, issue_type type, std::string_view fragment) {
