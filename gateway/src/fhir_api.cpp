@@ -14,6 +14,7 @@
 #include <random>
 #include <sstream>
 
+#include "yilian/fhir/fhirpath_patch.hpp"
 #include "yilian/fhir/issues.hpp"
 #include "yilian/fhir/json.hpp"
 #include "yilian/fhir/json_patch.hpp"
@@ -562,13 +563,28 @@ struct fhir_api::impl {
   http_response patch(const call& c, const std::string& type, const std::string& id) const {
     require_type(type);
     require_id(id);
+    // JSON Patch (application/json-patch+json) or FHIRPath Patch (a Parameters resource in JSON/XML).
     std::string_view ct = strip_media_params(c.req.header("Content-Type"));
-    if (!iequals(ct, "application/json-patch+json"))
+    bool json_patch = iequals(ct, "application/json-patch+json");
+    if (!json_patch && !format_of_media(ct))
       fail(415, issue_type::not_supported,
-           "Unsupported PATCH Content-Type '" + std::string(ct) + "'; send application/json-patch+json (JSON Patch)");
+           "Unsupported PATCH Content-Type '" + std::string(ct) +
+               "'; send application/json-patch+json (JSON Patch) or a Parameters resource as application/fhir+json "
+               "or application/fhir+xml (FHIRPath Patch)");
     value patch_doc;
-    issue_list parse_issues;
-    if (!fhir::parse_json(c.req.body, patch_doc, parse_issues)) throw api_error{400, std::move(parse_issues)};
+    if (json_patch) {
+      issue_list parse_issues;
+      if (!fhir::parse_json(c.req.body, patch_doc, parse_issues)) throw api_error{400, std::move(parse_issues)};
+    } else {
+      patch_doc = parse_resource_body(c.req);
+      const value* rt = patch_doc.find("resourceType");
+      if (!rt || rt->text() != "Parameters")
+        fail(400, issue_type::invalid, "A FHIRPath Patch body must be a Parameters resource");
+      issue_list issues;
+      if (!fhir::validate_resource(patch_doc, issues, {.check_required_bindings = true, .expected_type = "Parameters"},
+                                   defs))
+        throw api_error{400, std::move(issues)};
+    }
     auto if_match = parse_if_match(c.req.header("If-Match"));
     for (int attempt = 0;; ++attempt) {
       auto current = store.read(c.ctx, type, id);
@@ -579,7 +595,9 @@ struct fhir_api::impl {
                                             " is not the current version " + std::to_string(current->version));
       value resource = parse_stored(current->json);
       issue_list issues;
-      if (!fhir::apply_json_patch(resource, patch_doc, issues)) {
+      bool applied = json_patch ? fhir::apply_json_patch(resource, patch_doc, issues)
+                                : fhir::apply_fhirpath_patch(resource, patch_doc, issues, defs);
+      if (!applied) {
         bool failed_test = false;
         for (const auto& i : issues.all()) failed_test |= i.type == issue_type::processing;
         throw api_error{failed_test ? 422 : 400, std::move(issues)};
@@ -961,7 +979,8 @@ struct fhir_api::impl {
       formats.push_back(value::make_string(f));
     cs.set("format", std::move(formats));
     value patch_formats = value::make_array();
-    patch_formats.push_back(value::make_string("application/json-patch+json"));
+    for (const char* f : {"application/json-patch+json", "application/fhir+json", "application/fhir+xml"})
+      patch_formats.push_back(value::make_string(f));
     cs.set("patchFormat", std::move(patch_formats));
 
     value rest = value::make_object();

@@ -370,3 +370,35 @@ TEST_CASE("system and type history") {
   auto since_future = parse(f.call("GET", "/fhir/_history?_since=2999-01-01T00:00:00Z").body);
   CHECK(text_at(since_future, {"total"}) == "0");
 }
+
+TEST_CASE("FHIRPath Patch: a Parameters body in JSON or XML") {
+  auto& f = fixture();
+  auto created = parse(f.call("POST", "/fhir/Patient", patient_json).body);
+  std::string id = text_at(created, {"id"});
+  std::string replace_birth_date =
+      R"({"resourceType":"Parameters","parameter":[{"name":"operation","part":[)"
+      R"({"name":"type","valueCode":"replace"},{"name":"path","valueString":"Patient.birthDate"},)"
+      R"({"name":"value","valueDate":"1952-08-01"}]}]})";
+  auto patched = f.call("PATCH", "/fhir/Patient/" + id, replace_birth_date, {{"Content-Type", "application/fhir+json"}});
+  CHECK(patched.status == 200);
+  CHECK(text_at(parse(patched.body), {"birthDate"}) == "1952-08-01");
+  CHECK(patched.header("ETag") == "W/\"2\"");
+
+  std::string add_given_xml = R"(<Parameters xmlns="http://hl7.org/fhir"><parameter><name value="operation"/>)"
+                              R"(<part><name value="type"/><valueCode value="add"/></part>)"
+                              R"(<part><name value="path"/><valueString value="Patient"/></part>)"
+                              R"(<part><name value="name"/><valueString value="active"/></part>)"
+                              R"(<part><name value="value"/><valueBoolean value="true"/></part></parameter></Parameters>)";
+  auto from_xml = f.call("PATCH", "/fhir/Patient/" + id, add_given_xml, {{"Content-Type", "application/fhir+xml"}});
+  CHECK(from_xml.status == 200);
+  CHECK(text_at(parse(from_xml.body), {"active"}) == "true");
+
+  // Replacing an element that is not there cannot be applied: 422, nothing written.
+  std::string replace_missing =
+      R"({"resourceType":"Parameters","parameter":[{"name":"operation","part":[)"
+      R"({"name":"type","valueCode":"replace"},{"name":"path","valueString":"Patient.deceasedBoolean"},)"
+      R"({"name":"value","valueBoolean":true}]}]})";
+  CHECK(f.call("PATCH", "/fhir/Patient/" + id, replace_missing, {{"Content-Type", "application/fhir+json"}}).status == 422);
+  CHECK(f.call("PATCH", "/fhir/Patient/" + id, patient_json, {{"Content-Type", "application/fhir+json"}}).status == 400);
+  CHECK(f.call("GET", "/fhir/Patient/" + id).header("ETag") == "W/\"3\"");
+}
