@@ -233,7 +233,6 @@ int cmd_serve(const std::vector<std::string>& args) {
     pg->start();
     url = pg->url();
   }
-  int exit_code = 0;
   {
     gateway::resource_store store(url, s.workers);
     store.migrate();
@@ -287,7 +286,7 @@ int cmd_serve(const std::vector<std::string>& args) {
     pg->stop();
     std::cout << "Embedded PostgreSQL stopped" << std::endl;
   }
-  return exit_code;
+  return 0;
 }
 
 }  // namespace

@@ -672,7 +672,6 @@ struct fhir_api::impl {
       if (!r.deleted) e.set("resource", value::make_raw_json(r.json));
       value request = value::make_object();
       std::string method = r.method.empty() ? (r.deleted ? "DELETE" : (r.version == 1 ? "POST" : "PUT")) : r.method;
-      if (method == "PATCH") method = "PATCH";
       request.set("method", value::make_string(method));
       request.set("url", value::make_string(method == "POST" ? r.type : r.type + "/" + r.id));
       e.set("request", std::move(request));
