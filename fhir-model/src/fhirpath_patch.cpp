@@ -306,6 +306,19 @@ std::optional<patch_error> patcher::make_value(const value& part, const element_
     if (const value* c = part.find("_" + m->name)) out.companion = *c;
     const type_def* own = suffix_type(out.type_suffix, defs_);
     if (own == nullptr) return fail(issue_type::invalid, "unknown value type " + m->name);
+    if (elem != nullptr && !elem->is_choice() && !elem->type_codes.empty()) {
+      // A datatype must be the element's own type; a primitive fits any primitive element (its
+      // text is re-typed below: valueString "42" into an integer element).
+      bool fits = false;
+      for (const std::string& code : elem->type_codes) {
+        const type_def* et = defs_.find_type(code);
+        if (code == own->name || (own->kind == type_kind::primitive_type && et != nullptr &&
+                                  et->kind == type_kind::primitive_type))
+          fits = true;
+      }
+      if (!fits)
+        return fail(issue_type::invalid, "a value of type " + own->name + " does not fit " + elem->path);
+    }
     if (own->kind == type_kind::primitive_type) {
       const type_def* target = nullptr;
       if (!chosen_type.empty()) target = defs_.find_type(chosen_type);

@@ -282,6 +282,16 @@ TEST_CASE("fhirpath patch: errors are atomic and name the operation and path") {
     {"name":"operation","part":[{"name":"type","valueCode":"add"},{"name":"path","valueString":"Patient"},
       {"name":"name","valueString":"nickname"},{"name":"value","valueString":"x"}]}]})",
               issue_type::processing, "unknown element 'nickname'");
+  check_fails(R"({"resourceType":"Parameters","parameter":[
+    {"name":"operation","part":[{"name":"type","valueCode":"replace"},{"name":"path","valueString":"Patient.birthDate"},
+      {"name":"value","valueQuantity":{"value":1}}]}]})",
+              issue_type::invalid, "does not fit Patient.birthDate");
+  check_fails(R"({"resourceType":"Parameters","parameter":[
+    {"name":"operation","part":[{"name":"type","valueCode":"insert"},{"name":"path","valueString":"Patient.gender"},
+      {"name":"index","valueInteger":0},{"name":"value","valueCode":"female"}]}]})",
+              issue_type::processing, "does not select a list");
+  check_fails(R"({"resourceType":"Parameters","parameter":[{"name":"operation","part":[{"name":"path","valueString":"Patient"}]}]})",
+              issue_type::invalid, "missing part 'type'");
   check_fails(R"({"resourceType":"Patient"})", issue_type::invalid, "must be a Parameters resource");
 
   // Deleting what is not there is not an error.
