@@ -140,35 +140,23 @@ bool is_utf8_document(std::string_view text) {
   return enc == "utf-8" || enc == "utf8";
 }
 
-void escape_attr(std::string& out, std::string_view s) {
+// Escapes XML character data; in attribute values also quotes and whitespace that attribute
+// normalisation would otherwise turn into spaces.
+void escape_xml(std::string& out, std::string_view s, bool attribute) {
   std::size_t start = 0;
   for (std::size_t i = 0; i < s.size(); ++i) {
     const char* rep = nullptr;
     switch (s[i]) {
-      case '&':
-        rep = "&amp;";
-        break;
-      case '<':
-        rep = "&lt;";
-        break;
-      case '>':
-        rep = "&gt;";
-        break;
-      case '"':
-        rep = "&quot;";
-        break;
-      case '\n':
-        rep = "&#xA;";
-        break;
-      case '\r':
-        rep = "&#xD;";
-        break;
-      case '\t':
-        rep = "&#x9;";
-        break;
-      default:
-        continue;
+      case '&': rep = "&amp;"; break;
+      case '<': rep = "&lt;"; break;
+      case '>': rep = "&gt;"; break;
+      case '\r': rep = "&#xD;"; break;
+      case '"': rep = attribute ? "&quot;" : nullptr; break;
+      case '\n': rep = attribute ? "&#xA;" : nullptr; break;
+      case '\t': rep = attribute ? "&#x9;" : nullptr; break;
+      default: break;
     }
+    if (!rep) continue;
     out.append(s, start, i - start);
     out += rep;
     start = i + 1;
@@ -176,32 +164,31 @@ void escape_attr(std::string& out, std::string_view s) {
   out.append(s, start, s.size() - start);
 }
 
-void escape_text(std::string& out, std::string_view s) {
-  std::size_t start = 0;
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    const char* rep = nullptr;
-    switch (s[i]) {
-      case '&':
-        rep = "&amp;";
-        break;
-      case '<':
-        rep = "&lt;";
-        break;
-      case '>':
-        rep = "&gt;";
-        break;
-      case '\r':
-        rep = "&#xD;";
-        break;
-      default:
-        continue;
+void escape_attr(std::string& out, std::string_view s) { escape_xml(out, s, true); }
+
+// XML 1.0 section 2.11: a parser hands on CR LF and lone CR as LF. A narrative copied byte for
+// byte must do the same, or the same document would read differently from CRLF files; a CR
+// written as a character reference (as write_xml does) is a real CR.
+std::string normalise_line_ends(std::string_view raw) {
+  std::string out;
+  out.reserve(raw.size());
+  for (std::size_t i = 0; i < raw.size(); ++i) {
+    if (raw[i] == '\r') {
+      out.push_back('\n');
+      if (i + 1 < raw.size() && raw[i + 1] == '\n') ++i;
+    } else if (raw[i] == '&' && (raw.substr(i, 5) == "&#xD;" || raw.substr(i, 5) == "&#xd;")) {
+      out.push_back('\r');
+      i += 4;
+    } else if (raw[i] == '&' && raw.substr(i, 5) == "&#13;") {
+      out.push_back('\r');
+      i += 4;
+    } else {
+      out.push_back(raw[i]);
     }
-    out.append(s, start, i - start);
-    out += rep;
-    start = i + 1;
   }
-  out.append(s, start, s.size() - start);
+  return out;
 }
+void escape_text(std::string& out, std::string_view s) { escape_xml(out, s, false); }
 
 // How an element's content is represented.
 enum class content { primitive, complex, resource, xhtml };
@@ -620,7 +607,7 @@ class handler final : public xc::DefaultHandler {
     if (xhtml_self_contained_) {
       std::size_t end = static_cast<std::size_t>(reader_->getSrcOffset());
       if (end <= text_.size() && end > xhtml_raw_start_ && text_.substr(0, end).ends_with(">"))
-        f.prim = value::make_string(std::string(text_.substr(xhtml_raw_start_, end - xhtml_raw_start_)));
+        f.prim = value::make_string(normalise_line_ends(text_.substr(xhtml_raw_start_, end - xhtml_raw_start_)));
     }
     if (f.prim.is_null()) f.prim = value::make_string(std::move(xhtml_));
     f.kind = content::primitive;
@@ -1011,7 +998,13 @@ void xml_writer::xhtml(const value* v, std::size_t depth, const std::string& pat
     return;
   }
   indent(depth);
-  out_ += v->text();
+  // A literal CR would be read back as LF (XML line-end normalisation): write it as a reference.
+  for (char c : v->text()) {
+    if (c == '\r')
+      out_ += "&#xD;";
+    else
+      out_.push_back(c);
+  }
   newline();
 }
 

@@ -1,3 +1,4 @@
+#include "test_support.hpp"
 #include "yilian/fhir/json.hpp"
 
 #include <doctest/doctest.h>
@@ -18,19 +19,7 @@ using yilian::fhir::value_kind;
 
 namespace {
 
-// Thread CPU time: throughput figures stay meaningful on a shared, busy machine.
-struct cpu_clock {
-  using duration = std::chrono::nanoseconds;
-  using rep = duration::rep;
-  using period = duration::period;
-  using time_point = std::chrono::time_point<cpu_clock>;
-  static constexpr bool is_steady = true;
-  static time_point now() noexcept {
-    timespec ts{};
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return time_point(duration(static_cast<rep>(ts.tv_sec) * 1000000000 + ts.tv_nsec));
-  }
-};
+using yilian::test::cpu_clock;
 
 value parse_ok(std::string_view text) {
   value v;
@@ -53,10 +42,7 @@ yilian::fhir::issue parse_fails(std::string_view text) {
   return issues.all()[0];
 }
 
-std::string read_file(const std::filesystem::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
+using yilian::test::read_file;
 
 }  // namespace
 

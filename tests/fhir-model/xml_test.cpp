@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "test_support.hpp"
 #include "yilian/fhir/json.hpp"
 
 using yilian::fhir::issue_list;
@@ -28,24 +29,9 @@ using yilian::fhir::write_xml;
 
 namespace {
 
-// Thread CPU time: throughput figures stay meaningful on a shared, busy machine.
-struct cpu_clock {
-  using duration = std::chrono::nanoseconds;
-  using rep = duration::rep;
-  using period = duration::period;
-  using time_point = std::chrono::time_point<cpu_clock>;
-  static constexpr bool is_steady = true;
-  static time_point now() noexcept {
-    timespec ts{};
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return time_point(duration(static_cast<rep>(ts.tv_sec) * 1000000000 + ts.tv_nsec));
-  }
-};
+using yilian::test::cpu_clock;
 
-std::string read_file(const std::filesystem::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
+using yilian::test::read_file;
 
 std::string first_issue(const issue_list& issues) {
   if (issues.empty()) return "(no issue)";
@@ -357,4 +343,11 @@ TEST_CASE("xml: non-ASCII text survives in values and in a re-serialised div") {
   CHECK(p.find("text")->find("div")->text() ==
         "<div xmlns=\"http://www.w3.org/1999/xhtml\">\xc3\xa9 \xe4\xb8\xad \xf0\x9f\x98\x80 \xf0\x9f\x98\x80</div>");
   CHECK(xml(to_xml(p)) == p);
+}
+
+TEST_CASE("xml: a narrative from a CRLF document reads with LF line ends, like any XML text") {
+  std::string crlf = "<Patient xmlns=\"http://hl7.org/fhir\">\r\n<text><status value=\"generated\"/>"
+                     "<div xmlns=\"http://www.w3.org/1999/xhtml\">\r\n<p>a</p>\r\n</div></text></Patient>";
+  value v = xml(crlf);
+  CHECK(v.find("text")->find("div")->text() == "<div xmlns=\"http://www.w3.org/1999/xhtml\">\n<p>a</p>\n</div>");
 }
