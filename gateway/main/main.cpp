@@ -70,6 +70,14 @@ bool parse_any(const std::string& text, fhir::value& out, fhir::issue_list& issu
   return looks_like_xml(text) ? fhir::parse_xml(text, out, issues) : fhir::parse_json(text, out, issues);
 }
 
+// Reads a resource file (JSON or XML); on failure prints the OperationOutcome to stderr.
+bool load_resource(const std::string& path, fhir::value& out) {
+  fhir::issue_list issues;
+  if (parse_any(read_file(path), out, issues)) return true;
+  std::cerr << fhir::to_json(fhir::to_operation_outcome(issues), {.pretty = true}) << "\n";
+  return false;
+}
+
 // Value of "--name VALUE" / "--name=VALUE" in args, removing it.
 std::optional<std::string> take_option(std::vector<std::string>& args, std::string_view name) {
   for (std::size_t i = 0; i < args.size(); ++i) {
@@ -127,11 +135,8 @@ int cmd_convert(std::vector<std::string> args) {
     return 2;
   }
   fhir::value resource;
+  if (!load_resource(args[1], resource)) return 1;
   fhir::issue_list issues;
-  if (!parse_any(read_file(args[1]), resource, issues)) {
-    std::cerr << fhir::to_json(fhir::to_operation_outcome(issues), {.pretty = true}) << "\n";
-    return 1;
-  }
   std::string out;
   if (*to == "json") {
     fhir::write_json(resource, out, {.pretty = pretty});
@@ -149,11 +154,7 @@ int cmd_fhirpath(std::vector<std::string> args) {
     return 2;
   }
   fhir::value resource;
-  fhir::issue_list issues;
-  if (!parse_any(read_file(args[1]), resource, issues)) {
-    std::cerr << fhir::to_json(fhir::to_operation_outcome(issues), {.pretty = true}) << "\n";
-    return 1;
-  }
+  if (!load_resource(args[1], resource)) return 1;
   namespace fp = fhir::fhirpath;
   fp::collection result;
   try {

@@ -7,6 +7,8 @@
 
 #include <doctest/doctest.h>
 
+#include "test_support.hpp"
+
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -143,17 +145,7 @@ class mini_xml {
 
 std::filesystem::path suite_dir() { return std::filesystem::path(YILIAN_SHARED_DIR) / "conformance/fhirpath"; }
 
-std::map<std::string, std::string> known_failures() {
-  std::map<std::string, std::string> out;
-  std::ifstream in(std::filesystem::path(YILIAN_SOURCE_DIR) / "tests/data/fhirpath-known-failures.txt");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty() || line[0] == '#') continue;
-    auto tab = line.find('\t');
-    out[line.substr(0, tab)] = tab == std::string::npos ? std::string() : line.substr(tab + 1);
-  }
-  return out;
-}
+std::map<std::string, std::string> known_failures() { return yilian::test::known_failures("fhirpath-known-failures.txt"); }
 
 struct input_cache {
   std::map<std::string, std::unique_ptr<value>> loaded;

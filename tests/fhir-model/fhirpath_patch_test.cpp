@@ -2,6 +2,8 @@
 
 #include <doctest/doctest.h>
 
+#include "test_support.hpp"
+
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
@@ -95,17 +97,7 @@ std::vector<patch_case> load_cases(const std::filesystem::path& file) {
   return out;
 }
 
-std::map<std::string, std::string> known_failures() {
-  std::map<std::string, std::string> out;
-  std::ifstream in(std::filesystem::path(YILIAN_SOURCE_DIR) / "tests/data/fhirpath-patch-known-failures.txt");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty() || line[0] == '#') continue;
-    auto tab = line.find('\t');
-    out[line.substr(0, tab)] = tab == std::string::npos ? std::string() : line.substr(tab + 1);
-  }
-  return out;
-}
+std::map<std::string, std::string> known_failures() { return yilian::test::known_failures("fhirpath-patch-known-failures.txt"); }
 
 // Object member order is not significant for the comparison; nor is how the narrative XHTML
 // writes a quote in text ("&quot;" in the source XML, a plain '"' in a patched string value).
