@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -24,9 +25,11 @@ struct server_process {
   pid_t pid = -1;
   int exit_status = -1;  // once reaped
   fs::path log;
+  fs::path data;
   std::uint16_t port = 0;
 
-  server_process(const fs::path& data_dir, const fs::path& log_file, std::vector<std::string> extra = {}) : log(log_file) {
+  server_process(const fs::path& data_dir, const fs::path& log_file, std::vector<std::string> extra = {})
+      : log(log_file), data(data_dir) {
     std::vector<std::string> args{YILIAN_BINARY, "serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir.string(),
                                   "--workers", "4"};
     args.insert(args.end(), extra.begin(), extra.end());
@@ -90,10 +93,14 @@ struct server_process {
     return -1;
   }
 
+  // A test that failed half-way kills the server; its PostgreSQL would outlive it, so stop that too.
   ~server_process() {
     if (pid > 0) {
       kill(pid, SIGKILL);
       waitpid(pid, nullptr, 0);
+      std::string stop = std::string(YILIAN_BINARY) + " postgres stop --data-dir '" + data.string() + "' >/dev/null 2>&1";
+      int ignored = std::system(stop.c_str());
+      (void)ignored;
     }
   }
 };
