@@ -27,6 +27,13 @@ std::vector<std::string> split_or_list(std::string_view value) {
 }
 
 namespace {
+// Writes index_token rows (param = "identifier") for every identifier[] of the resource,
+// replacing the resource's previous rows.
+class identifier_indexer : public write_participant {
+ public:
+  void in_transaction(pqxx::transaction_base& tx, const write_event& event) override;
+};
+
 std::string unescape(std::string_view s) {
   std::string out;
   for (std::size_t i = 0; i < s.size(); ++i) {
@@ -89,6 +96,10 @@ void identifier_indexer::in_transaction(pqxx::transaction_base& tx, const write_
   }
   if (rows == 0) return;
   tx.exec_params(sql, pqxx::prepare::make_dynamic_params(params));
+}
+
+std::shared_ptr<write_participant> make_search_indexer() {
+  return std::make_shared<identifier_indexer>();
 }
 
 }  // namespace yilian::gateway::detail

@@ -48,6 +48,79 @@ CREATE TABLE index_token (
 CREATE INDEX index_token_lookup ON index_token (tenant, res_type, param, code, system);
 CREATE INDEX index_token_owner ON index_token (tenant, res_type, res_id);
 )sql"},
+      {2, "search index tables by parameter type",
+       R"sql(
+-- Search index rows: one table per search parameter type, each led by (tenant, res_type, res_id)
+-- like the resources so Citus co-locates them with resource_current. `grp` numbers the items of a
+-- composite parameter (rows of one composite item share a grp > 0; plain rows have grp 0).
+ALTER TABLE index_token ADD COLUMN grp int NOT NULL DEFAULT 0;
+ALTER TABLE index_token ADD COLUMN text_norm text NOT NULL DEFAULT '';  -- display/text for :text
+
+CREATE TABLE index_string (
+  tenant text NOT NULL, res_type text NOT NULL, res_id text NOT NULL, param text NOT NULL,
+  grp int NOT NULL DEFAULT 0,
+  norm  text NOT NULL,  -- lower case, accents removed: default (prefix) and :contains matches
+  exact text NOT NULL   -- as written: :exact
+);
+CREATE INDEX index_string_lookup ON index_string (tenant, res_type, param, norm text_pattern_ops);
+CREATE INDEX index_string_owner ON index_string (tenant, res_type, res_id);
+
+CREATE TABLE index_reference (
+  tenant text NOT NULL, res_type text NOT NULL, res_id text NOT NULL, param text NOT NULL,
+  grp int NOT NULL DEFAULT 0,
+  target_type text NOT NULL,  -- '' when the reference names no type (absolute URL elsewhere, canonical)
+  target_id   text NOT NULL,  -- '' for a canonical/absolute reference
+  url         text NOT NULL,  -- absolute or canonical URL without |version ('' for relative references)
+  version     text NOT NULL   -- canonical |version or _history version ('' none)
+);
+CREATE INDEX index_reference_lookup ON index_reference (tenant, res_type, param, target_id, target_type);
+CREATE INDEX index_reference_target ON index_reference (tenant, target_type, target_id, res_type, param);
+CREATE INDEX index_reference_url ON index_reference (tenant, res_type, param, url) WHERE url <> '';
+CREATE INDEX index_reference_owner ON index_reference (tenant, res_type, res_id);
+
+CREATE TABLE index_date (
+  tenant text NOT NULL, res_type text NOT NULL, res_id text NOT NULL, param text NOT NULL,
+  grp int NOT NULL DEFAULT 0,
+  low  timestamptz NOT NULL,  -- inclusive; '-infinity' for an open start
+  high timestamptz NOT NULL   -- exclusive (value + its precision); 'infinity' for an open end
+);
+CREATE INDEX index_date_low ON index_date (tenant, res_type, param, low);
+CREATE INDEX index_date_high ON index_date (tenant, res_type, param, high);
+CREATE INDEX index_date_owner ON index_date (tenant, res_type, res_id);
+
+CREATE TABLE index_number (
+  tenant text NOT NULL, res_type text NOT NULL, res_id text NOT NULL, param text NOT NULL,
+  grp int NOT NULL DEFAULT 0,
+  value numeric NOT NULL
+);
+CREATE INDEX index_number_lookup ON index_number (tenant, res_type, param, value);
+CREATE INDEX index_number_owner ON index_number (tenant, res_type, res_id);
+
+CREATE TABLE index_quantity (
+  tenant text NOT NULL, res_type text NOT NULL, res_id text NOT NULL, param text NOT NULL,
+  grp int NOT NULL DEFAULT 0,
+  value numeric NOT NULL,
+  system text NOT NULL,          -- '' none
+  code   text NOT NULL,          -- Quantity.code, else Quantity.unit
+  canonical_value numeric,       -- UCUM canonical form when the unit converts (else NULL)
+  canonical_code  text           -- canonical unit expression ("g.m-3"), NULL when not UCUM
+);
+CREATE INDEX index_quantity_lookup ON index_quantity (tenant, res_type, param, code, value);
+CREATE INDEX index_quantity_canonical ON index_quantity (tenant, res_type, param, canonical_code, canonical_value)
+  WHERE canonical_code IS NOT NULL;
+CREATE INDEX index_quantity_owner ON index_quantity (tenant, res_type, res_id);
+
+CREATE TABLE index_uri (
+  tenant text NOT NULL, res_type text NOT NULL, res_id text NOT NULL, param text NOT NULL,
+  grp int NOT NULL DEFAULT 0,
+  uri text NOT NULL
+);
+CREATE INDEX index_uri_lookup ON index_uri (tenant, res_type, param, uri text_pattern_ops);
+CREATE INDEX index_uri_owner ON index_uri (tenant, res_type, res_id);
+
+-- _lastUpdated searches and sorts, and keyset paging on it.
+CREATE INDEX resource_current_type_time ON resource_current (tenant, res_type, last_updated, res_id);
+)sql"},
   };
   return all;
 }

@@ -254,14 +254,14 @@ resource_store::connection_lease resource_store::acquire() {
   return connection_lease(*this, impl_->acquire());
 }
 
-resource_store::resource_store(std::string database_url, unsigned connections) : impl_(std::make_unique<impl>()) {
+resource_store::resource_store(std::string database_url, unsigned connections, bool search_indexing) : impl_(std::make_unique<impl>()) {
   impl_->url = std::move(database_url);
   if (connections == 0) connections = 1;
   for (unsigned i = 0; i < connections; ++i) {
     impl_->connections.push_back(impl_->open());
     impl_->free.push_back(impl_->connections.back().get());
   }
-  impl_->participants.push_back(std::make_shared<detail::identifier_indexer>());
+  if (search_indexing) impl_->participants.push_back(detail::make_search_indexer());
 }
 
 resource_store::~resource_store() = default;

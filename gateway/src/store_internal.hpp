@@ -1,6 +1,7 @@
 // Private to the store: numbered migrations, the built-in identifier index, token parsing.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -29,11 +30,8 @@ struct token_alternative {
 std::vector<token_alternative> parse_token(std::string_view value);
 std::vector<std::string> split_or_list(std::string_view value);
 
-// Writes index_token rows (param = "identifier") for every identifier[] of the resource,
-// replacing the resource's previous rows.
-class identifier_indexer : public write_participant {
- public:
-  void in_transaction(pqxx::transaction_base& tx, const write_event& event) override;
-};
+// The participant that keeps the search index tables in step with every write (registered by
+// every resource_store).
+std::shared_ptr<write_participant> make_search_indexer();
 
 }  // namespace yilian::gateway::detail

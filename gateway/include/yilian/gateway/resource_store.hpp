@@ -101,8 +101,9 @@ struct write_result {
 
 class resource_store {
  public:
-  // Opens `connections` connections (one per worker thread) to `database_url`.
-  resource_store(std::string database_url, unsigned connections);
+  // Opens `connections` connections (one per worker thread) to `database_url`. Without
+  // `search_indexing` no search index rows are written (benchmarks measure the indexing cost so).
+  resource_store(std::string database_url, unsigned connections, bool search_indexing = true);
   ~resource_store();
 
   // Applies pending numbered migrations; throws store_error(schema_too_new) when the database
