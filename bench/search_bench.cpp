@@ -15,6 +15,7 @@
 #include <iomanip>
 #include <iostream>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <pqxx/pqxx>
 #include <set>
@@ -22,6 +23,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "search_dataset.hpp"
@@ -574,6 +576,7 @@ case_result run_case(const gateway::fhir_api& api, const query_case& q, const op
 struct paging_result {
   std::vector<std::vector<double>> seconds_at_depth;  // [depth][walk]
   std::string example;
+  std::string deepest_target;  // the last page requested by the first walk
   std::string failure;
 };
 
@@ -599,6 +602,7 @@ paging_result run_paging(const gateway::fhir_api& api, const options& o, const d
         query_case q{"paging", "", false, {}};
         auto a = run_once(api, q, d, true);
         result.seconds_at_depth[depth].push_back(a.seconds);
+        if (w == 0) result.deepest_target = target;
         for (const auto& url : a.summary.match_urls)
           if (!seen.insert(url).second) throw query_failure(target + ": " + url + " was already on an earlier page");
         target.clear();
@@ -613,6 +617,75 @@ paging_result run_paging(const gateway::fhir_api& api, const options& o, const d
     result.failure = e.what();
   }
   return result;
+}
+
+// --- plans ------------------------------------------------------------------------------------
+
+// Receives the NOTICEs of one connection: auto_explain reports there at log_level notice, so the
+// plans of exactly the statements the engine ran for a request come back to the bench.
+class notice_collector : public pqxx::errorhandler {
+ public:
+  explicit notice_collector(pqxx::connection_base& c) : pqxx::errorhandler(c) {}
+  bool operator()(const char message[]) noexcept override {
+    try {
+      std::lock_guard lock(mutex_);
+      messages_ += message;
+    } catch (...) {
+      // Out of memory while keeping a plan: the plan is lost, the request is not.
+    }
+    return false;
+  }
+  std::string take() {
+    std::lock_guard lock(mutex_);
+    return std::exchange(messages_, {});
+  }
+
+ private:
+  std::mutex mutex_;
+  std::string messages_;
+};
+
+struct explained {
+  std::string name;
+  std::string target;
+  std::string plans;
+};
+
+// Runs each query once more on a one-connection store with auto_explain (ANALYZE, BUFFERS) on
+// and returns the plans of every statement it caused. Throws when auto_explain cannot be loaded.
+std::vector<explained> explain_queries(const options& o, const std::string& url, const std::vector<query_case>& cases,
+                                       const std::string& deep_page_target) {
+  gateway::resource_store store(url, 1, true);
+  gateway::fhir_api_options api_options;
+  api_options.base_url = std::string(base_url);
+  gateway::fhir_api api(store, api_options);
+  std::optional<notice_collector> notices;
+  {
+    auto c = store.acquire();
+    notices.emplace(*c);
+    pqxx::nontransaction tx(*c);
+    tx.exec("LOAD 'auto_explain'");
+    for (const char* set : {"SET auto_explain.log_min_duration = 0", "SET auto_explain.log_analyze = on",
+                            "SET auto_explain.log_buffers = on", "SET auto_explain.log_timing = on",
+                            "SET auto_explain.log_nested_statements = on", "SET auto_explain.log_level = notice",
+                            "SET client_min_messages = notice"})
+      tx.exec(set);
+  }
+  std::vector<explained> out;
+  auto explain = [&](const std::string& name, const std::string& target) {
+    api.handle(get(target));  // warm the cache: plans of a second run are the steady state
+    notices->take();
+    api.handle(get(target));
+    out.push_back({name, target, notices->take()});
+  };
+  for (std::size_t i = 0; i < cases.size(); ++i) {
+    if (cases[i].is_read || (!o.only.empty() && !o.only.contains(cases[i].name))) continue;
+    random_stream r(o.data.seed, 3000, i);
+    explain(cases[i].name, cases[i].draw(r).target);
+  }
+  if (!deep_page_target.empty()) explain("paging (deepest page)", deep_page_target);
+  notices.reset();
+  return out;
 }
 
 // --- the report --------------------------------------------------------------------------------
@@ -833,9 +906,11 @@ int run(const options& o) {
   for (const auto& r : results)
     if (!r.failure.empty()) report << "\n**" << r.query->name << " failed**: " << r.failure << "\n";
 
+  std::string deep_page_target;
   if (o.only.empty() || o.only.contains("paging")) {
     std::cerr << "query paging\n";
     auto paging = run_paging(api, o, facts);
+    if (paging.failure.empty()) deep_page_target = paging.deepest_target;
     report << "\n## Paging deep into results\n\n`" << paging.example << "`, following next links " << o.pages
            << " pages deep, " << o.walks << " walks over different codes, one client. Median time per page:\n\n"
            << "| page | p50 | max |\n|---:|---:|---:|\n";
@@ -852,6 +927,18 @@ int run(const options& o) {
       report << "\n**paging failed**: " << paging.failure << "\n";
       std::cerr << "  FAILED: " << paging.failure << "\n";
     }
+  }
+
+  std::cerr << "plans (auto_explain)\n";
+  report << "\n## Plans\n\nEvery statement the engine ran for one request of each query (its second run), as "
+            "`auto_explain` reports it with ANALYZE and BUFFERS.\n";
+  try {
+    for (const auto& e : explain_queries(o, main_url, cases, deep_page_target))
+      report << "\n### " << e.name << "\n\n`" << e.target << "`\n\n```\n"
+             << (e.plans.empty() ? "(no plan reported)\n" : e.plans) << "```\n";
+  } catch (const std::exception& e) {
+    report << "\nNo plans: " << e.what() << "\n";
+    std::cerr << "  no plans: " << e.what() << "\n";
   }
 
   if (failed) report << "\n**Some queries failed; their numbers are left out.**\n";
