@@ -653,7 +653,8 @@ struct explained {
 
 // Runs each query once more on a one-connection store with auto_explain (ANALYZE, BUFFERS) on
 // and returns the plans of every statement it caused. Throws when auto_explain cannot be loaded.
-std::vector<explained> explain_queries(const options& o, const std::string& url, const std::vector<query_case>& cases,
+std::vector<explained> explain_queries(const std::string& url, const std::vector<query_case>& cases,
+                                       const std::set<std::string>& names, std::uint64_t seed,
                                        const std::string& deep_page_target) {
   gateway::resource_store store(url, 1, true);
   gateway::fhir_api_options api_options;
@@ -679,8 +680,8 @@ std::vector<explained> explain_queries(const options& o, const std::string& url,
     out.push_back({name, target, notices->take()});
   };
   for (std::size_t i = 0; i < cases.size(); ++i) {
-    if (cases[i].is_read || (!o.only.empty() && !o.only.contains(cases[i].name))) continue;
-    random_stream r(o.data.seed, 3000, i);
+    if (!names.contains(cases[i].name)) continue;
+    random_stream r(seed, 3000, i);
     explain(cases[i].name, cases[i].draw(r).target);
   }
   if (!deep_page_target.empty()) explain("paging (deepest page)", deep_page_target);
@@ -933,7 +934,11 @@ int run(const options& o) {
   report << "\n## Plans\n\nEvery statement the engine ran for one request of each query (its second run), as "
             "`auto_explain` reports it with ANALYZE and BUFFERS.\n";
   try {
-    for (const auto& e : explain_queries(o, main_url, cases, deep_page_target))
+    // Only queries that passed: the plan of a failed one is not the plan of the query it names.
+    std::set<std::string> passed;
+    for (const auto& r : results)
+      if (r.failure.empty() && !r.query->is_read) passed.insert(r.query->name);
+    for (const auto& e : explain_queries(main_url, cases, passed, o.data.seed, deep_page_target))
       report << "\n### " << e.name << "\n\n`" << e.target << "`\n\n```\n"
              << (e.plans.empty() ? "(no plan reported)\n" : e.plans) << "```\n";
   } catch (const std::exception& e) {
