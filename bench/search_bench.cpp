@@ -14,7 +14,6 @@
 #include <functional>
 #include <iomanip>
 #include <iostream>
-#include <map>
 #include <mutex>
 #include <optional>
 #include <pqxx/pqxx>
@@ -69,7 +68,8 @@ const char* usage =
     "  --index-sample N        Observations loaded with and without search indexing (20000; 0 = skip)\n"
     "  --durable-load          load the full data set with synchronous_commit on (default off: bulk-load\n"
     "                          setting; the indexing-cost comparison always uses the server's default)\n"
-    "  --reuse                 keep an already loaded database of the same size and seed\n"
+    "  --reuse                 keep an already loaded database of the same size, seed and schema version\n"
+    "                          (reload after changing the indexer)\n"
     "  --clients N             concurrent client threads (8)\n"
     "  --duration S            seconds of concurrent load per query (5)\n"
     "  --iterations N          single-client runs per query (50)\n"
@@ -751,23 +751,27 @@ load_result load_sample(const options& o, const std::string& admin_url, const st
   return r;
 }
 
+// The loaded data set is recorded with the schema version, so --reuse never queries a database
+// written by an older indexer schema.
 bool dataset_marker_matches(const std::string& url, const dataset_config& d) {
   pqxx::connection c(url);
   pqxx::nontransaction tx(c);
   if (tx.exec("SELECT 1 FROM pg_tables WHERE tablename = 'search_bench_dataset'").empty()) return false;
   return !tx.exec_params("SELECT 1 FROM search_bench_dataset WHERE patients = $1 AND observations_per_patient = $2 "
-                         "AND seed = $3",
+                         "AND seed = $3 AND schema_version = $4",
                          static_cast<long long>(d.patients), static_cast<long long>(d.observations_per_patient),
-                         std::to_string(d.seed))
+                         std::to_string(d.seed), gateway::resource_store::schema_version())
               .empty();
 }
 
 void write_dataset_marker(const std::string& url, const dataset_config& d) {
   pqxx::connection c(url);
   pqxx::work tx(c);
-  tx.exec("CREATE TABLE search_bench_dataset (patients bigint, observations_per_patient bigint, seed text)");
-  tx.exec_params("INSERT INTO search_bench_dataset VALUES ($1, $2, $3)", static_cast<long long>(d.patients),
-                 static_cast<long long>(d.observations_per_patient), std::to_string(d.seed));
+  tx.exec("CREATE TABLE search_bench_dataset (patients bigint, observations_per_patient bigint, seed text, "
+          "schema_version int)");
+  tx.exec_params("INSERT INTO search_bench_dataset VALUES ($1, $2, $3, $4)", static_cast<long long>(d.patients),
+                 static_cast<long long>(d.observations_per_patient), std::to_string(d.seed),
+                 gateway::resource_store::schema_version());
   tx.commit();
 }
 

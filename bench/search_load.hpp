@@ -51,8 +51,8 @@ load_result load_dataset(gateway::resource_store& store, const dataset_config& c
           const observation_facts o = observation_facts_of(config, i, k, p.hospital);
           store.update(context, "Observation", observation_id(i, k), observation_resource(o));
         }
-        const std::size_t before = written.fetch_add(resources_per_patient(config));
-        if ((before / 10'000) != (before + resources_per_patient(config)) / 10'000) progress(before);
+        const std::size_t after = written.fetch_add(resources_per_patient(config)) + resources_per_patient(config);
+        if ((after - resources_per_patient(config)) / 10'000 != after / 10'000) progress(after);
       }
     } catch (...) {
       std::lock_guard lock(failure_mutex);
