@@ -23,7 +23,12 @@ puts it in ~/.cache/yilian/hl7.fhir.r4.examples-4.0.1). The output is compact, d
   ],
   "valueSets": {url: {system: [code, ...]}},  # required bindings that expand from the package
   "searchParams": [{"url", "code", "base", "type", "expression", "target", "modifier",
-                    "comparator", "component": [{"definition", "expression"}]}]  # sorted by url
+                    "comparator", "component": [{"definition", "expression"}]}],  # sorted by url
+  "compartments": {"Patient": {"Observation": ["subject", "performer"], ...}, ...}
+                                   # the official CompartmentDefinitions (Patient, Encounter,
+                                   # RelatedPerson, Practitioner, Device): member resource type ->
+                                   # search parameter codes; "{def}" and types without parameters
+                                   # are left out; sorted by compartment and member
 }
 Empty fields are omitted. Standard library only.
 """
@@ -360,6 +365,25 @@ def collect_search_params(pkg):
     return [by_url[u] for u in sorted(by_url)]
 
 
+COMPARTMENT_URL = "http://hl7.org/fhir/CompartmentDefinition/"
+
+
+def collect_compartments(pkg):
+    # The official definitions only: CompartmentDefinition-example.json also claims code "Device".
+    out = {}
+    for cd in resources(pkg, "CompartmentDefinition", ["Bundle-resources.json"]):
+        code = cd.get("code", "")
+        if not code or cd.get("url") != COMPARTMENT_URL + code[0].lower() + code[1:] or code in out:
+            continue
+        members = {}
+        for r in cd.get("resource", []):
+            params = [p for p in r.get("param", []) if p != "{def}"]
+            if r.get("code") and params:
+                members[r["code"]] = params
+        out[code] = {m: members[m] for m in sorted(members)}
+    return {c: out[c] for c in sorted(out)}
+
+
 def main(argv):
     if len(argv) != 3:
         sys.stderr.write("usage: gen-definitions.py <package-dir> <output.json>\n")
@@ -368,8 +392,9 @@ def main(argv):
     types = collect_types(pkg)
     value_sets, skipped = collect_value_sets(pkg, types)
     search_params = collect_search_params(pkg)
+    compartments = collect_compartments(pkg)
     doc = {"version": "4.0.1", "types": types, "valueSets": value_sets,
-           "searchParams": search_params}
+           "searchParams": search_params, "compartments": compartments}
     text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
     tmp = output + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -377,9 +402,9 @@ def main(argv):
         f.write("\n")
     os.replace(tmp, output)
     sys.stderr.write("%s: %d types, %d value sets (%d required ones not expandable), "
-                     "%d search parameters, %d bytes\n"
+                     "%d search parameters, %d compartments, %d bytes\n"
                      % (output, len(types), len(value_sets), len(skipped), len(search_params),
-                        len(text.encode("utf-8"))))
+                        len(compartments), len(text.encode("utf-8"))))
     if os.environ.get("YILIAN_GEN_VERBOSE"):
         for url in skipped:
             sys.stderr.write("  not expanded: %s\n" % url)

@@ -271,6 +271,25 @@ struct definitions::builder {
       d.search_params_.push_back(std::move(sp));
     }
   }
+
+  void read_compartments(const json_value& compartments) {
+    if (!compartments.IsObject()) malformed("\"compartments\" is not an object");
+    for (const auto& c : compartments.GetObject()) {
+      if (!c.value.IsObject()) malformed("compartment is not an object");
+      auto& out = d.compartments_[std::string(c.name.GetString(), c.name.GetStringLength())];
+      for (const auto& m : c.value.GetObject()) {
+        std::string member(m.name.GetString(), m.name.GetStringLength());
+        if (!m.value.IsArray() || m.value.Empty()) malformed("compartment member " + member + " has no parameters");
+        auto& params = out.params_by_member[member];
+        for (const auto& code : m.value.GetArray()) {
+          if (!code.IsString()) malformed("compartment parameter is not a string");
+          params.emplace_back(code.GetString(), code.GetStringLength());
+        }
+        out.members.push_back(std::move(member));
+      }
+      std::sort(out.members.begin(), out.members.end());
+    }
+  }
 };
 
 std::unique_ptr<definitions> definitions::load(std::string_view compact_json) {
@@ -289,6 +308,7 @@ std::unique_ptr<definitions> definitions::load(std::string_view compact_json) {
   b.resolve();
   if (auto it = doc.FindMember("valueSets"); it != doc.MemberEnd()) b.read_value_sets(it->value);
   if (auto it = doc.FindMember("searchParams"); it != doc.MemberEnd()) b.read_search_params(it->value);
+  if (auto it = doc.FindMember("compartments"); it != doc.MemberEnd()) b.read_compartments(it->value);
   return defs;
 }
 
@@ -396,6 +416,20 @@ const search_param_def* definitions::find_search_param(std::string_view resource
     name = type ? type->base : std::string();
   }
   return nullptr;
+}
+
+const std::vector<std::string>* definitions::compartment_params(std::string_view compartment_type,
+                                                               std::string_view resource_type) const noexcept {
+  auto c = compartments_.find(std::string(compartment_type));
+  if (c == compartments_.end()) return nullptr;
+  auto m = c->second.params_by_member.find(std::string(resource_type));
+  return m == c->second.params_by_member.end() ? nullptr : &m->second;
+}
+
+const std::vector<std::string>& definitions::compartment_members(std::string_view compartment_type) const noexcept {
+  static const std::vector<std::string> none;
+  auto c = compartments_.find(std::string(compartment_type));
+  return c == compartments_.end() ? none : c->second.members;
 }
 
 }  // namespace yilian::fhir

@@ -248,6 +248,62 @@ TEST_CASE("definitions: search parameters") {
   CHECK(code_value->components.size() == 2);
 }
 
+TEST_CASE("definitions: compartments from the official CompartmentDefinitions") {
+  using strings = std::vector<std::string>;
+  const auto* observation = r4().compartment_params("Patient", "Observation");
+  REQUIRE(observation != nullptr);
+  CHECK(*observation == strings{"subject", "performer"});
+  const auto* patient = r4().compartment_params("Patient", "Patient");
+  REQUIRE(patient != nullptr);
+  CHECK(*patient == strings{"link"});
+  const auto* in_encounter = r4().compartment_params("Encounter", "Observation");
+  REQUIRE(in_encounter != nullptr);
+  CHECK(*in_encounter == strings{"encounter"});
+  const auto* encounter_practitioner = r4().compartment_params("Practitioner", "Encounter");
+  REQUIRE(encounter_practitioner != nullptr);
+  CHECK(*encounter_practitioner == strings{"practitioner", "participant"});
+  const auto* device_observation = r4().compartment_params("Device", "Observation");
+  REQUIRE(device_observation != nullptr);
+  CHECK(*device_observation == strings{"subject", "device"});
+
+  // Only "{def}" (the compartment's own resource) or no parameter at all: not a member.
+  CHECK(r4().compartment_params("Encounter", "Encounter") == nullptr);
+  CHECK(r4().compartment_params("Encounter", "Patient") == nullptr);
+  CHECK(r4().compartment_params("Patient", "Organization") == nullptr);
+  CHECK(r4().compartment_params("Nowhere", "Observation") == nullptr);
+  CHECK(r4().compartment_params("Patient", "NoSuchType") == nullptr);
+
+  for (const char* compartment : {"Patient", "Encounter", "RelatedPerson", "Practitioner", "Device"}) {
+    const auto& members = r4().compartment_members(compartment);
+    CHECK_MESSAGE(members.size() > 10, compartment);
+    CHECK(std::is_sorted(members.begin(), members.end()));
+    for (const std::string& member : members) {
+      CHECK_MESSAGE(r4().is_resource_type(member), member);
+      const auto* params = r4().compartment_params(compartment, member);
+      REQUIRE(params != nullptr);
+      CHECK_FALSE(params->empty());
+      // Every parameter is a search parameter of the member type (checks the two lists agree).
+      for (const std::string& code : *params)
+        CHECK_MESSAGE(r4().find_search_param(member, code) != nullptr, member << "." << code);
+    }
+  }
+  CHECK(contains(r4().compartment_members("Patient"), "Observation"));
+  CHECK_FALSE(contains(r4().compartment_members("Patient"), "Organization"));
+  CHECK(r4().compartment_members("Nowhere").empty());
+}
+
+TEST_CASE("definitions: load() reads compartments and rejects malformed ones") {
+  const std::string types = R"("types":[{"name":"Patient","kind":"resource","elements":[{"p":"Patient"}]}])";
+  auto defs = definitions::load("{" + types + R"(,"compartments":{"Patient":{"Patient":["link"]}}})");
+  REQUIRE(defs->compartment_params("Patient", "Patient") != nullptr);
+  CHECK(defs->compartment_members("Patient") == std::vector<std::string>{"Patient"});
+  CHECK_THROWS_AS(definitions::load("{" + types + R"(,"compartments":[]})"), std::runtime_error);
+  CHECK_THROWS_AS(definitions::load("{" + types + R"(,"compartments":{"Patient":{"Patient":[]}}})"),
+                  std::runtime_error);
+  CHECK_THROWS_AS(definitions::load("{" + types + R"(,"compartments":{"Patient":{"Patient":[1]}}})"),
+                  std::runtime_error);
+}
+
 TEST_CASE("definitions: every element path resolves to itself") {
   for (const auto& name : r4().resource_types()) {
     const auto* type = r4().find_type(name);

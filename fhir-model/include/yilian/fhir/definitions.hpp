@@ -130,6 +130,17 @@ class definitions {
   const search_param_def* find_search_param(std::string_view resource_type, std::string_view code) const noexcept;
   const std::vector<search_param_def>& all_search_params() const noexcept { return search_params_; }
 
+  // Compartments (the official CompartmentDefinitions: "Patient", "Encounter", "RelatedPerson",
+  // "Practitioner", "Device").
+  // Search parameter codes that place `resource_type` in a compartment of `compartment_type`, e.g.
+  // ("Patient", "Observation") -> {"subject", "performer"}; nullptr when the type is not in that
+  // compartment (an empty list is never returned). "{def}" entries (the compartment resource
+  // itself) are omitted.
+  const std::vector<std::string>* compartment_params(std::string_view compartment_type,
+                                                     std::string_view resource_type) const noexcept;
+  // Resource types that are members of the compartment, sorted; empty for an unknown compartment.
+  const std::vector<std::string>& compartment_members(std::string_view compartment_type) const noexcept;
+
   // Implementation details are exposed to the loader only.
   struct builder;
 
@@ -145,6 +156,11 @@ class definitions {
   std::unordered_map<std::string, std::unordered_set<std::string>> value_sets_;
   std::vector<search_param_def> search_params_;
   std::unordered_map<std::string, std::vector<std::size_t>> search_params_by_base_;
+  struct compartment {
+    std::vector<std::string> members;  // sorted
+    std::unordered_map<std::string, std::vector<std::string>> params_by_member;
+  };
+  std::unordered_map<std::string, compartment> compartments_;
 };
 
 }  // namespace yilian::fhir
