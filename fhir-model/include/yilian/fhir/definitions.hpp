@@ -1,6 +1,6 @@
 // FHIR R4 knowledge derived from the official definitions (hl7.fhir.r4.examples@4.0.1):
-// types with their elements (cardinality, types, choice types, bindings), required value sets
-// and search parameters. Loaded from the compact file that scripts/gen-definitions.py derives
+// types with their elements (cardinality, types, choice types, bindings), required value sets,
+// search parameters and compartments. Loaded from the compact file that scripts/gen-definitions.py derives
 // from the package; the compact file is compiled into the library (see embedded_definitions()).
 //
 // Navigation model: every type (resource, complex datatype, primitive) has a root `element_def`

@@ -15,8 +15,11 @@ enum class summary_mode { full, summary, text, data };
 // A copy of `resource` reduced as `_summary` (mode) and `_elements` (elements) specify:
 //  full:     unchanged (unless `elements` is given);
 //  summary:  only elements the definitions mark isSummary, recursively into backbone elements and
-//            datatypes (Patient.name is summary → each HumanName keeps its summary elements, which
-//            for datatypes are all of them); contained resources and narrative are removed;
+//            datatypes, each following its own flags (Patient.name is summary, so each HumanName
+//            keeps its summary elements: all but id and extension). Extensions that stay (backbone
+//            modifierExtension) and Resource-typed elements (Bundle.entry.resource) stay whole.
+//            Narrative, contained resources and, in R4, the resource's own extension and
+//            modifierExtension are not summary;
 //  text:     id, meta, text and the top-level mandatory elements (min > 0);
 //  data:     everything except text (narrative);
 //  elements: (non-empty list of top-level names, "value" or "valueQuantity" for a choice; applied
