@@ -969,4 +969,22 @@ std::optional<int> items_compare(const item& a0, const item& b0, const definitio
 }
 
 }  // namespace detail
+
+std::optional<std::pair<decimal, std::string>> ucum_canonical(const decimal& value, std::string_view unit) {
+  item q = item::make_quantity(value, std::string(unit));
+  auto c = detail::canonical(q);
+  if (!c) return std::nullopt;
+  static const char* const base[6] = {"m", "g", "s", "mol", "K", "U"};
+  std::string code;
+  for (int k = 0; k < 6; ++k) {
+    int power = c->second.d[k];
+    if (power == 0) continue;
+    if (!code.empty()) code += '.';
+    code += base[k];
+    if (power != 1) code += std::to_string(power);
+  }
+  if (code.empty()) code = "1";
+  return std::make_pair(c->first, code);
+}
+
 }  // namespace yilian::fhir::fhirpath

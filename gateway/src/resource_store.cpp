@@ -182,6 +182,14 @@ void prepare_all(pqxx::connection_base& c) {
             "compartment = $7, body = $8 WHERE tenant = $1 AND res_type = $2 AND res_id = $3");
   c.prepare("index_token_delete",
             "DELETE FROM index_token WHERE tenant = $1 AND res_type = $2 AND res_id = $3 AND param = $4");
+  c.prepare("index_delete_all",
+            "WITH s AS (DELETE FROM index_string WHERE tenant = $1 AND res_type = $2 AND res_id = $3), "
+            "t AS (DELETE FROM index_token WHERE tenant = $1 AND res_type = $2 AND res_id = $3), "
+            "r AS (DELETE FROM index_reference WHERE tenant = $1 AND res_type = $2 AND res_id = $3), "
+            "d AS (DELETE FROM index_date WHERE tenant = $1 AND res_type = $2 AND res_id = $3), "
+            "n AS (DELETE FROM index_number WHERE tenant = $1 AND res_type = $2 AND res_id = $3), "
+            "q AS (DELETE FROM index_quantity WHERE tenant = $1 AND res_type = $2 AND res_id = $3) "
+            "DELETE FROM index_uri WHERE tenant = $1 AND res_type = $2 AND res_id = $3");
   c.prepare("advisory_lock", "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))");
 }
 

@@ -204,4 +204,9 @@ item node_item(const value& element, std::string_view fhir_type, const definitio
 std::string to_string(const temporal& t, item_kind kind);
 std::optional<temporal> parse_temporal(std::string_view text, item_kind kind);
 
+// A UCUM quantity in canonical base units (the table described above): the value converted and a
+// canonical unit expression ("g.m-3" for mg/dL), equal for units of equal dimension. nullopt when
+// the unit is not in the table.
+std::optional<std::pair<decimal, std::string>> ucum_canonical(const decimal& value, std::string_view unit);
+
 }  // namespace yilian::fhir::fhirpath
