@@ -1,4 +1,5 @@
 #include "yilian/gateway/fhir_api.hpp"
+#include "yilian/gateway/search.hpp"
 
 #include <boost/url/parse.hpp>
 #include <boost/url/url_view.hpp>
@@ -18,6 +19,7 @@
 #include "yilian/fhir/issues.hpp"
 #include "yilian/fhir/json.hpp"
 #include "yilian/fhir/json_patch.hpp"
+#include "yilian/fhir/subset.hpp"
 #include "yilian/fhir/validator.hpp"
 #include "yilian/fhir/xml.hpp"
 #include "yilian/profiles/alliance.hpp"
@@ -28,6 +30,7 @@ namespace {
 using fhir::issue_list;
 using fhir::issue_type;
 using fhir::value;
+using fhir::summary_mode;
 
 // ---------------------------------------------------------------------------------------------
 // Errors: an interaction throws api_error; handle() turns it (and anything else) into a response.
@@ -686,36 +689,157 @@ struct fhir_api::impl {
     return body_response(200, c, bundle);
   }
 
-  http_response search(const call& c, const std::string& type, const std::vector<query_param>& params) const {
+  // Result parameters (how to page, sort, shape the Bundle); every other parameter filters.
+  static bool is_result_param(std::string_view name) {
+    static const char* const names[] = {"_count", "_sort", "_total", "_summary", "_elements", "_cursor",
+                                        "_format", "_pretty", "_include", "_revinclude"};
+    std::string_view base = name.substr(0, name.find(':'));
+    return std::find(std::begin(names), std::end(names), base) != std::end(names);
+  }
+
+  static include_spec parse_include(const query_param& p, bool reverse) {
+    include_spec spec;
+    spec.iterate = p.name.ends_with(":iterate") || p.name.ends_with(":recurse");
+    if (p.value == "*") {
+      spec.source_type = spec.param = "*";
+      return spec;
+    }
+    auto parts = split_on(p.value, ':');
+    if (parts.size() < 2 || parts.size() > 3)
+      fail(400, issue_type::invalid, "Invalid " + p.name + " '" + p.value + "': expected Type:parameter[:targetType]",
+           p.name);
+    spec.source_type = parts[0];
+    spec.param = parts[1];
+    if (parts.size() == 3) spec.target_type = parts[2];
+    const auto& d = fhir::definitions::r4();
+    if (!d.is_resource_type(spec.source_type))
+      fail(400, issue_type::invalid, "Unknown resource type in " + p.name + " '" + p.value + "'", p.name);
+    const auto* def = d.find_search_param(spec.source_type, spec.param);
+    if (spec.param != "*" && (!def || def->type != "reference"))
+      fail(400, issue_type::invalid, "'" + spec.param + "' is not a reference parameter of " + spec.source_type, p.name);
+    if (!spec.target_type.empty() && !d.is_resource_type(spec.target_type))
+      fail(400, issue_type::invalid, "Unknown target type in " + p.name + " '" + p.value + "'", p.name);
+    (void)reverse;
+    return spec;
+  }
+
+  static std::vector<std::string> split_on(std::string_view s, char sep) {
+    std::vector<std::string> out(1);
+    for (char ch : s) {
+      if (ch == sep) out.emplace_back();
+      else out.back() += ch;
+    }
+    return out;
+  }
+
+  http_response search(const call& c, const std::string& type, const std::vector<query_param>& params,
+                       const std::string& compartment_type = {}, const std::string& compartment_id = {}) const {
     require_type(type);
-    std::vector<criterion> criteria;
+    search_query q;
+    q.base_url = c.base;
+    q.compartment_type = compartment_type;
+    q.compartment_id = compartment_id;
+    q.count = page_size(c);
     issue_list ignored;
+    bool strict = prefer_strict(c.req);
+    auto ignore = [&](const std::string& name, const std::string& message) {
+      if (strict) fail(400, issue_type::not_supported, message, name);
+      ignored.add(fhir::severity::warning, issue_type::not_supported, message + "; it was ignored", name);
+    };
+    std::optional<summary_mode> summary;
+    bool summary_count = false;
+    std::vector<std::string> elements;
     for (const auto& p : params) {
-      std::string_view name = p.name;
-      if (name == "_count" || name == "_offset" || name == "_format" || name == "_pretty") continue;
-      if (name == "_id" || name == "identifier") {
-        criteria.push_back({p.name, p.value});
+      const std::string& name = p.name;
+      if (!is_result_param(name)) {
+        q.criteria.push_back({name, p.value});
         continue;
       }
-      std::string message = "Search parameter '" + p.name +
-                            "' is not supported yet (this version searches by _id and identifier); it was ignored";
-      if (prefer_strict(c.req)) fail(400, issue_type::not_supported, message, p.name);
-      ignored.add(fhir::severity::warning, issue_type::not_supported, message, p.name);
+      if (name == "_sort") {
+        for (const auto& key : split_on(p.value, ',')) {
+          if (key.empty() || key == "-") fail(400, issue_type::invalid, "Invalid _sort '" + p.value + "'", "_sort");
+          bool desc = key.front() == '-';
+          q.sort.push_back({desc ? key.substr(1) : key, desc});
+        }
+      } else if (name == "_total") {
+        if (p.value == "none") q.total = total_mode::none;
+        else if (p.value == "estimate") q.total = total_mode::estimate;
+        else if (p.value == "accurate") q.total = total_mode::accurate;
+        else fail(400, issue_type::invalid, "Invalid _total '" + p.value + "': none, estimate or accurate", "_total");
+      } else if (name == "_summary") {
+        if (p.value == "true") summary = summary_mode::summary;
+        else if (p.value == "text") summary = summary_mode::text;
+        else if (p.value == "data") summary = summary_mode::data;
+        else if (p.value == "false") summary = summary_mode::full;
+        else if (p.value == "count") summary_count = true;
+        else fail(400, issue_type::invalid, "Invalid _summary '" + p.value + "': true, text, data, count or false", "_summary");
+      } else if (name == "_elements") {
+        for (const auto& e : split_on(p.value, ','))
+          if (!e.empty()) elements.push_back(e);
+      } else if (name == "_cursor") {
+        q.cursor = p.value;
+      } else if (name.starts_with("_include")) {
+        q.includes.push_back(parse_include(p, false));
+      } else if (name.starts_with("_revinclude")) {
+        q.revincludes.push_back(parse_include(p, true));
+      }
     }
-    std::size_t count = page_size(c);
-    std::size_t offset = page_offset(c);
-    auto page = store.search(c.ctx, type, criteria, count, offset);
-    value bundle = bundle_shell("searchset", page.total, c.base + "/" + type, c, offset, count, page.entries.size());
+    for (const auto& name : unknown_criteria(type, q.criteria)) {
+      std::string code = name.substr(0, name.find_first_of(":."));
+      ignore(name, "Search parameter '" + code + "' is not known for " + type + " (or not supported by this server)");
+      std::erase_if(q.criteria, [&](const criterion& cr) { return cr.name == name; });
+    }
+    if (summary_count) {
+      q.count = 0;
+      q.total = total_mode::accurate;
+    }
+    auto result = run_search(store, c.ctx, type, q);
+
+    value bundle = value::make_object();
+    bundle.set("resourceType", value::make_string("Bundle"));
+    bundle.set("id", value::make_string(random_id()));
+    value meta = value::make_object();
+    meta.set("lastUpdated", value::make_string(now_instant()));
+    bundle.set("meta", std::move(meta));
+    bundle.set("type", value::make_string("searchset"));
+    if (result.total) bundle.set("total", value::make_number(std::to_string(*result.total)));
+    std::string path = c.base + "/" + (compartment_type.empty() ? type : compartment_type + "/" + compartment_id + "/" + type);
+    std::string kept;
+    for (const auto& p : params) {
+      if (p.name == "_cursor") continue;
+      kept += (kept.empty() ? "" : "&") + url_encode(p.name) + "=" + url_encode(p.value);
+    }
+    value links = value::make_array();
+    auto add_link = [&](const char* rel, const std::string& cursor) {
+      value l = value::make_object();
+      l.set("relation", value::make_string(rel));
+      std::string url = path + "?" + kept;
+      if (!cursor.empty()) url += (kept.empty() ? "_cursor=" : "&_cursor=") + cursor;
+      l.set("url", value::make_string(std::move(url)));
+      links.push_back(std::move(l));
+    };
+    add_link("self", q.cursor);
+    if (!result.next_cursor.empty()) add_link("next", result.next_cursor);
+    if (!q.cursor.empty()) add_link("first", "");
+    bundle.set("link", std::move(links));
+
+    bool subset = (summary && *summary != summary_mode::full) || (!elements.empty() && !summary);
+    auto resource_value = [&](const stored_resource& r) {
+      if (!subset) return value::make_raw_json(r.json);
+      return fhir::subset_resource(parse_stored(r.json), summary.value_or(summary_mode::full), elements, defs);
+    };
     value& entries = bundle.set("entry", value::make_array());
-    for (const auto& r : page.entries) {
+    auto add_entry = [&](const stored_resource& r, const char* mode) {
       value e = value::make_object();
       e.set("fullUrl", value::make_string(c.base + "/" + r.type + "/" + r.id));
-      e.set("resource", value::make_raw_json(r.json));
+      e.set("resource", resource_value(r));
       value s = value::make_object();
-      s.set("mode", value::make_string("match"));
+      s.set("mode", value::make_string(mode));
       e.set("search", std::move(s));
       entries.push_back(std::move(e));
-    }
+    };
+    for (const auto& r : result.matches) add_entry(r, "match");
+    for (const auto& r : result.included) add_entry(r, "include");
     if (!ignored.empty()) {
       value e = value::make_object();
       e.set("resource", fhir::to_operation_outcome(ignored));
@@ -883,6 +1007,16 @@ struct fhir_api::impl {
       if (m == "DELETE") return remove(c, type, id);
       if (m == "PATCH") return patch(c, type, id);
       method_not_allowed(c, type + "/" + id);
+    }
+    if (seg.size() == 3 && defs.is_resource_type(seg[2])) {  // compartment search: Patient/123/Observation
+      if (!get) method_not_allowed(c, seg[0] + "/" + seg[1] + "/" + seg[2]);
+      require_type(type);
+      require_id(second);
+      if (defs.compartment_members(type).empty())
+        fail(400, issue_type::not_supported, type + " is not a compartment (Patient, Encounter, RelatedPerson, Practitioner, Device)");
+      if (!defs.compartment_params(type, seg[2]) && seg[2] != type)
+        fail(400, issue_type::invalid, seg[2] + " is not in the " + type + " compartment");
+      return search(c, seg[2], c.target.params, type, second);
     }
     if (seg.size() == 3 && seg[2] == "_history") {
       if (!get) method_not_allowed(c, type + "/" + id + "/_history");

@@ -104,46 +104,6 @@ std::string compartment_of(std::string_view type, const std::string& id, const f
   return patient_ref_id(content->find("patient"));
 }
 
-// Criteria → SQL condition on resource_current `c`, parameters appended to `params`.
-std::string criteria_sql(const std::vector<criterion>& criteria, std::vector<std::string>& params) {
-  std::string sql;
-  auto p = [&](std::string v) {
-    params.push_back(std::move(v));
-    return "$" + std::to_string(params.size());
-  };
-  for (const auto& c : criteria) {
-    if (c.name == "_id") {
-      std::string list;
-      for (const auto& id : detail::split_or_list(c.value)) list += (list.empty() ? "" : ", ") + p(id);
-      sql += " AND c.res_id IN (" + list + ")";
-    } else if (c.name == "identifier") {
-      std::string alts;
-      for (const auto& t : detail::parse_token(c.value)) {
-        std::string cond;
-        if (!t.has_system) {
-          cond = "t.code = " + p(t.code);
-        } else if (t.code.empty()) {
-          if (t.system.empty()) continue;  // "|": matches nothing meaningful
-          cond = "t.system = " + p(t.system);
-        } else {
-          cond = "t.code = " + p(t.code) + " AND t.system = " + p(t.system);
-        }
-        alts += (alts.empty() ? "(" : " OR (") + cond + ")";
-      }
-      if (alts.empty()) alts = "false";
-      sql +=
-          " AND EXISTS (SELECT 1 FROM index_token t WHERE t.tenant = c.tenant AND t.res_type = c.res_type"
-          " AND t.res_id = c.res_id AND t.param = 'identifier' AND (" +
-          alts + "))";
-    } else {
-      throw store_error(store_error_kind::invalid_criteria, "Search parameter '" + c.name +
-                                                                "' is not supported for conditional operations yet "
-                                                                "(supported: _id, identifier)");
-    }
-  }
-  return sql;
-}
-
 std::string normalised_criteria(const std::vector<criterion>& criteria) {
   std::vector<std::string> parts;
   for (const auto& c : criteria) parts.push_back(c.name + "=" + c.value);
@@ -409,7 +369,7 @@ std::vector<std::string> find_ids_tx(pqxx::transaction_base& tx, const request_c
                                      const std::vector<criterion>& criteria, std::size_t limit) {
   std::vector<std::string> params{ctx.tenant, std::string(type)};
   std::string sql = "SELECT c.res_id FROM resource_current c WHERE c.tenant = $1 AND c.res_type = $2 AND NOT c.deleted";
-  sql += criteria_sql(criteria, params);
+  sql += detail::criteria_condition(ctx, type, criteria, params, "c");
   params.push_back(std::to_string(limit));
   sql += " ORDER BY c.res_id LIMIT $" + std::to_string(params.size());
   std::vector<std::string> ids;
@@ -423,11 +383,11 @@ void lock_criteria(pqxx::transaction_base& tx, const request_context& ctx, std::
   tx.exec_prepared("advisory_lock", key);
 }
 
-void check_criteria(const std::vector<criterion>& criteria) {
+void check_criteria(const request_context& ctx, std::string_view type, const std::vector<criterion>& criteria) {
   if (criteria.empty())
     throw store_error(store_error_kind::invalid_criteria, "A conditional operation needs at least one criterion");
   std::vector<std::string> ignored;
-  criteria_sql(criteria, ignored);  // throws invalid_criteria for unsupported parameters
+  detail::criteria_condition(ctx, type, criteria, ignored, "c");  // throws invalid_criteria when malformed
 }
 
 std::string body_id(const fhir::value& resource) {
@@ -476,7 +436,7 @@ std::optional<stored_resource> resource_store::vread(const request_context& ctx,
 
 write_result resource_store::create(const request_context& ctx, std::string_view type, fhir::value resource,
                                     const std::vector<criterion>* if_none_exist) {
-  if (if_none_exist) check_criteria(*if_none_exist);
+  if (if_none_exist) check_criteria(ctx, type, *if_none_exist);
   return run_write(*this, impl_->participants_copy(), ctx, [&](pqxx::work& tx, std::deque<pending_event>& events) {
     write_result w;
     if (if_none_exist) {
@@ -516,7 +476,7 @@ write_result resource_store::update(const request_context& ctx, std::string_view
 
 write_result resource_store::conditional_update(const request_context& ctx, std::string_view type,
                                                 const std::vector<criterion>& criteria, fhir::value resource) {
-  check_criteria(criteria);
+  check_criteria(ctx, type, criteria);
   return run_write(*this, impl_->participants_copy(), ctx, [&](pqxx::work& tx, std::deque<pending_event>& events) {
     lock_criteria(tx, ctx, type, criteria);
     auto ids = find_ids_tx(tx, ctx, type, criteria, 2);
@@ -550,7 +510,7 @@ std::optional<stored_resource> resource_store::remove(const request_context& ctx
 std::vector<stored_resource> resource_store::conditional_remove(const request_context& ctx, std::string_view type,
                                                                 const std::vector<criterion>& criteria,
                                                                 bool allow_multiple) {
-  check_criteria(criteria);
+  check_criteria(ctx, type, criteria);
   return run_write(*this, impl_->participants_copy(), ctx, [&](pqxx::work& tx, std::deque<pending_event>& events) {
     lock_criteria(tx, ctx, type, criteria);
     auto ids = find_ids_tx(tx, ctx, type, criteria, allow_multiple ? 1000000 : 2);
@@ -611,38 +571,6 @@ history_page resource_store::history(const request_context& ctx, const history_q
       s.deleted = row[4].as<bool>();
       s.json = field(row[5]);
       s.method = field(row[6]);
-      page.entries.push_back(std::move(s));
-    }
-    return page;
-  });
-}
-
-resource_store::search_page resource_store::search(const request_context& ctx, std::string_view type,
-                                                   const std::vector<criterion>& criteria, std::size_t count,
-                                                   std::size_t offset) {
-  std::vector<std::string> base_params{ctx.tenant, std::string(type)};
-  std::string where = " FROM resource_current c WHERE c.tenant = $1 AND c.res_type = $2 AND NOT c.deleted";
-  where += criteria_sql(criteria, base_params);
-  return run_read(*this, [&](pqxx::connection_base& c) {
-    pqxx::read_transaction tx(c);
-    search_page page;
-    std::vector<std::string> params = base_params;
-    page.total =
-        tx.exec_params("SELECT count(*)" + where, pqxx::prepare::make_dynamic_params(params))[0][0].as<std::int64_t>();
-    params.push_back(std::to_string(count));
-    params.push_back(std::to_string(offset));
-    std::string sql =
-        "SELECT c.res_id, c.version, " +
-        std::string("to_char(c.last_updated AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"+00:00\"')") +
-        ", c.body" + where + " ORDER BY c.res_id LIMIT $" + std::to_string(params.size() - 1) + " OFFSET $" +
-        std::to_string(params.size());
-    for (const auto& row : tx.exec_params(sql, pqxx::prepare::make_dynamic_params(params))) {
-      stored_resource s;
-      s.type = std::string(type);
-      s.id = field(row[0]);
-      s.version = row[1].as<std::int64_t>();
-      s.last_updated = field(row[2]);
-      s.json = field(row[3]);
       page.entries.push_back(std::move(s));
     }
     return page;

@@ -30,6 +30,12 @@ struct token_alternative {
 std::vector<token_alternative> parse_token(std::string_view value);
 std::vector<std::string> split_or_list(std::string_view value);
 
+// SQL conditions (each starting with " AND ") on the resource row `alias` for search criteria,
+// values appended to `params` as bound parameters. Throws store_error(invalid_criteria).
+std::string criteria_condition(const request_context& ctx, std::string_view type,
+                               const std::vector<criterion>& criteria, std::vector<std::string>& params,
+                               const std::string& alias);
+
 // The participant that keeps the search index tables in step with every write (registered by
 // every resource_store).
 std::shared_ptr<write_participant> make_search_indexer();

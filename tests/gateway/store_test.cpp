@@ -9,6 +9,7 @@
 
 #include "test_database.hpp"
 #include "yilian/gateway/resource_store.hpp"
+#include "yilian/gateway/search.hpp"
 
 using namespace yilian;
 using fhir::value;
@@ -317,7 +318,7 @@ TEST_CASE("store: 16 parallel conditional creates with the same identifier creat
   store.create(ctx, "Patient", patient({identifier("http://hospital.example/mrn", "A-77")}));
   CHECK(error_kind_of([&] { store.create(ctx, "Patient", patient(), &criteria); }) ==
         store_error_kind::multiple_matches);
-  const std::vector<criterion> unsupported{{"name", "Chen"}};
+  const std::vector<criterion> unsupported{{"nickname", "Chen"}};
   CHECK(error_kind_of([&] { store.create(ctx, "Patient", patient(), &unsupported); }) ==
         store_error_kind::invalid_criteria);
 }
@@ -384,7 +385,8 @@ TEST_CASE("store: identifier and _id criteria") {
   CHECK(store.find_ids(ctx, "Patient", {{"identifier", "v1"}}) == ids{"a", "b"});  // default limit 2
   CHECK(store.find_ids(tenant("t2"), "Patient", {{"identifier", "v1"}}).empty());
   CHECK(store.find_ids(ctx, "Observation", {{"identifier", "v1"}}).empty());
-  CHECK(error_kind_of([&] { find({{"birthdate", "2000"}}); }) == store_error_kind::invalid_criteria);
+  CHECK(error_kind_of([&] { find({{"birthdate", "20x0"}}); }) == store_error_kind::invalid_criteria);
+  CHECK(error_kind_of([&] { find({{"no-such-param", "1"}}); }) == store_error_kind::invalid_criteria);
 
   // Index rows follow updates and deletes.
   mk("a", {identifier("http://s1", "v9")});
@@ -393,11 +395,20 @@ TEST_CASE("store: identifier and _id criteria") {
   store.remove(ctx, "Patient", "a");
   CHECK(find({{"identifier", "http://s1|v9"}}).empty());
 
-  auto page = store.search(ctx, "Patient", {{"identifier", "v1"}}, 1, 1);
-  CHECK(page.total == 2);
-  REQUIRE(page.entries.size() == 1);
-  CHECK(page.entries[0].id == "c");
-  CHECK(contains(page.entries[0].json, "\"id\":\"c\""));
+  gateway::search_query query;
+  query.criteria = {{"identifier", "v1"}};
+  query.count = 1;
+  auto first = gateway::run_search(store, ctx, "Patient", query);
+  CHECK(first.total == 2);
+  REQUIRE(first.matches.size() == 1);
+  CHECK(first.matches[0].id == "b");
+  REQUIRE_FALSE(first.next_cursor.empty());
+  query.cursor = first.next_cursor;
+  auto second = gateway::run_search(store, ctx, "Patient", query);
+  REQUIRE(second.matches.size() == 1);
+  CHECK(second.matches[0].id == "c");
+  CHECK(contains(second.matches[0].json, "\"id\":\"c\""));
+  CHECK(second.next_cursor.empty());
 }
 
 TEST_CASE("store: conditional update and conditional delete") {

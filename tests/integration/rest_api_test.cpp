@@ -226,7 +226,7 @@ TEST_CASE("conditional update and delete by identifier") {
   auto search = parse(f.call("GET", "/fhir/Patient?identifier=ZY-COND-1").body);
   CHECK(text_at(search, {"total"}) == "0");
   // Unsupported criteria are refused rather than ignored: ignoring them would widen the match.
-  CHECK(f.call("DELETE", "/fhir/Patient?name=chen").status == 400);
+  CHECK(f.call("DELETE", "/fhir/Patient?nickname=chen").status == 400);
 }
 
 TEST_CASE("search by _id and identifier with paging links; unknown parameters reported") {

@@ -142,15 +142,6 @@ class resource_store {
 
   history_page history(const request_context& ctx, const history_query& query);
 
-  // Current, non-deleted resources of `type` matching all criteria, ordered by id for stable
-  // paging. (The search issue replaces this with the full FHIR search engine.)
-  struct search_page {
-    std::vector<stored_resource> entries;
-    std::int64_t total = 0;
-  };
-  search_page search(const request_context& ctx, std::string_view type, const std::vector<criterion>& criteria,
-                     std::size_t count, std::size_t offset);
-
   // Connection for code that needs SQL of its own (health checks, later: search). Blocks until
   // one is free.
   class connection_lease {
