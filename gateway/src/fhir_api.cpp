@@ -1,5 +1,6 @@
 #include "yilian/gateway/fhir_api.hpp"
 #include "yilian/gateway/search.hpp"
+#include "search_index.hpp"
 
 #include <boost/url/parse.hpp>
 #include <boost/url/url_view.hpp>
@@ -1138,15 +1139,24 @@ struct fhir_api::impl {
       r.set("conditionalUpdate", value::make_boolean(true));
       r.set("conditionalDelete", value::make_string("multiple"));
       value params = value::make_array();
-      for (const char* code : {"_id", "identifier"}) {
-        const auto* sp = defs.find_search_param(type, code);
-        if (!sp) continue;
+      value includes = value::make_array();
+      for (const auto* sp : detail::searchable_params(defs, type)) {
+        if (sp->type == "reference")
+          for (const auto& target : sp->target)
+            includes.push_back(value::make_string(type + ":" + sp->code + ":" + target));
         value p = value::make_object();
-        p.set("name", value::make_string(code));
+        p.set("name", value::make_string(sp->code));
         p.set("definition", value::make_string(sp->url));
         p.set("type", value::make_string(sp->type));
         params.push_back(std::move(p));
       }
+      if (!includes.items().empty()) r.set("searchInclude", std::move(includes));
+      value revincludes = value::make_array();
+      for (const auto& source : defs.resource_types())
+        for (const auto* sp : detail::searchable_params(defs, source))
+          if (sp->type == "reference" && std::find(sp->target.begin(), sp->target.end(), type) != sp->target.end())
+            revincludes.push_back(value::make_string(source + ":" + sp->code + ":" + type));
+      if (!revincludes.items().empty()) r.set("searchRevInclude", std::move(revincludes));
       if (!params.items().empty()) r.set("searchParam", std::move(params));
       value ops = value::make_array();
       value validate = value::make_object();

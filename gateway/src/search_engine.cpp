@@ -714,8 +714,9 @@ std::vector<std::string> unknown_criteria(std::string_view type, const std::vect
     if (c.name.starts_with("_has:")) continue;
     std::string code = split_name(c.name).code;
     if (code == "_id" || code == "_lastUpdated") continue;
-    const auto* def = defs().find_search_param(type, code);
-    if (!def || def->type == "special" || def->expression.empty()) out.push_back(c.name);
+    auto searchable = detail::searchable_params(defs(), type);
+    if (std::none_of(searchable.begin(), searchable.end(), [&](const auto* d) { return d->code == code; }))
+      out.push_back(c.name);
   }
   return out;
 }

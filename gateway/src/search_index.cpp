@@ -605,6 +605,14 @@ void deduplicate(std::vector<Row>& rows, Key key) {
 
 }  // namespace
 
+std::vector<const fhir::search_param_def*> searchable_params(const fhir::definitions& defs, std::string_view type) {
+  std::vector<const fhir::search_param_def*> out;
+  for (const char* column : {"_id", "_lastUpdated"})
+    if (const auto* def = defs.find_search_param(type, column)) out.push_back(def);
+  for (const auto& p : compiled_for(defs).for_type(std::string(type))) out.push_back(p.def);
+  return out;
+}
+
 index_rows extract_index_rows(const fhir::definitions& defs, const fhir::value& resource) {
   index_rows rows;
   const fhir::value* type_member = resource.find("resourceType");

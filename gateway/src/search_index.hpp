@@ -90,6 +90,11 @@ struct index_rows {
 // (never an exception for data problems); duplicates within a parameter are removed.
 index_rows extract_index_rows(const fhir::definitions& defs, const fhir::value& resource);
 
+// The parameters of `type` that are indexed and searchable: every applicable parameter of the
+// definitions whose FHIRPath expression compiles, plus _id and _lastUpdated (columns of the
+// resource row). Types "special" (near, _text, _content...) are not supported.
+std::vector<const fhir::search_param_def*> searchable_params(const fhir::definitions& defs, std::string_view type);
+
 // Lower case (Unicode simple case folding for Latin, Greek, Cyrillic and full-width forms),
 // accents removed (Latin letters with diacritics → base letter), whitespace runs → one space,
 // trimmed. Chinese text passes through unchanged.
