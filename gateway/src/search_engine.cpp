@@ -313,18 +313,21 @@ class sql_builder {
     auto [prefix, text] = split_prefix(raw);
     auto range = detail::fhir_date_range(text);
     if (!range) invalid("Invalid date '" + std::string(text) + "' for search parameter '" + code + "'");
-    std::string sl = p_.add(range->low) + "::timestamptz", sh = p_.add(range->high) + "::timestamptz";
-    if (prefix == "eq") return low + " >= " + sl + " AND " + high + " <= " + sh;
-    if (prefix == "ne") return "NOT (" + low + " >= " + sl + " AND " + high + " <= " + sh + ")";
-    if (prefix == "gt") return high + " > " + sh;
-    if (prefix == "lt") return low + " < " + sl;
-    if (prefix == "ge") return high + " > " + sl;
-    if (prefix == "le") return low + " < " + sh;
-    if (prefix == "sa") return low + " >= " + sh;
-    if (prefix == "eb") return high + " <= " + sl;
+    // Only the bounds a prefix uses become parameters (an unused one has no type for PostgreSQL).
+    auto sl = [&] { return p_.add(range->low) + "::timestamptz"; };
+    auto sh = [&] { return p_.add(range->high) + "::timestamptz"; };
+    if (prefix == "eq") return low + " >= " + sl() + " AND " + high + " <= " + sh();
+    if (prefix == "ne") return "NOT (" + low + " >= " + sl() + " AND " + high + " <= " + sh() + ")";
+    if (prefix == "gt") return high + " > " + sh();
+    if (prefix == "lt") return low + " < " + sl();
+    if (prefix == "ge") return high + " > " + sl();
+    if (prefix == "le") return low + " < " + sh();
+    if (prefix == "sa") return low + " >= " + sh();
+    if (prefix == "eb") return high + " <= " + sl();
     // ap: overlap with the value widened by 10% of its distance from now (at least a day).
-    std::string gap = "greatest(interval '1 day', abs(extract(epoch from now() - " + sl + ")) * interval '0.1 second')";
-    return low + " < " + sh + " + " + gap + " AND " + high + " > " + sl + " - " + gap;
+    std::string start = sl(), end = sh();
+    std::string gap = "greatest(interval '1 day', abs(extract(epoch from now() - " + start + ")) * interval '0.1 second')";
+    return low + " < " + end + " + " + gap + " AND " + high + " > " + start + " - " + gap;
   }
 
   std::string number_sql(const std::string& code, std::string_view raw, const std::string& column) {
@@ -334,14 +337,14 @@ class sql_builder {
   }
 
   std::string number_condition(const std::string& prefix, const decimal_range& r, const std::string& column) {
-    std::string v = p_.add(r.value) + "::numeric";
     if (prefix == "eq") return column + " >= " + p_.add(r.low) + "::numeric AND " + column + " < " + p_.add(r.high) + "::numeric";
     if (prefix == "ne") return "NOT (" + column + " >= " + p_.add(r.low) + "::numeric AND " + column + " < " + p_.add(r.high) + "::numeric)";
+    std::string v = p_.add(r.value) + "::numeric";
     if (prefix == "gt" || prefix == "sa") return column + " > " + v;
     if (prefix == "lt" || prefix == "eb") return column + " < " + v;
     if (prefix == "ge") return column + " >= " + v;
     if (prefix == "le") return column + " <= " + v;
-    return column + " BETWEEN " + v + " * 0.9 AND " + v + " * 1.1";  // ap: within 10%
+    return column + " BETWEEN " + v + " - abs(" + v + ") * 0.1 AND " + v + " + abs(" + v + ") * 0.1";  // ap: 10%
   }
 
   std::string quantity_sql(const std::string& code, std::string_view raw, const std::string& i) {
@@ -595,6 +598,7 @@ const char* const resource_columns =
 
 struct built_query {
   sql_params params;
+  std::size_t filter_params = 0;  // how many of params the WHERE clause uses (the rest: sort keys)
   std::string where;  // over resource_current c
   std::vector<sort_column> sort;
 };
@@ -607,6 +611,7 @@ built_query build(const request_context& ctx, std::string_view type, const searc
   for (const auto& c : q.criteria) b.where += " AND " + builder.criterion_sql(type, c, "c");
   if (!q.compartment_type.empty())
     b.where += " AND " + builder.compartment_sql(type, q.compartment_type, q.compartment_id, "c");
+  b.filter_params = b.params.values.size();
   for (const auto& key : q.sort) b.sort.push_back(sort_column_for(type, key, b.params));
   return b;
 }
@@ -737,7 +742,8 @@ std::string criteria_condition(const request_context&, std::string_view type, co
 search_result run_search(resource_store& store, const request_context& ctx, std::string_view type,
                          const search_query& q) {
   built_query b = build(ctx, type, q);
-  std::vector<std::string> count_params = b.params.values;  // the filter's parameters only
+  std::vector<std::string> count_params(b.params.values.begin(),
+                                        b.params.values.begin() + static_cast<std::ptrdiff_t>(b.filter_params));
   std::string sql = page_sql(b, q);
   auto lease = store.acquire();
   pqxx::read_transaction tx(*lease);
