@@ -796,13 +796,7 @@ struct fhir_api::impl {
     }
     auto result = run_search(store, c.ctx, type, q);
 
-    value bundle = value::make_object();
-    bundle.set("resourceType", value::make_string("Bundle"));
-    bundle.set("id", value::make_string(random_id()));
-    value meta = value::make_object();
-    meta.set("lastUpdated", value::make_string(now_instant()));
-    bundle.set("meta", std::move(meta));
-    bundle.set("type", value::make_string("searchset"));
+    value bundle = new_bundle("searchset");
     if (result.total) bundle.set("total", value::make_number(std::to_string(*result.total)));
     std::string path = c.base + "/" + (compartment_type.empty() ? type : compartment_type + "/" + compartment_id + "/" + type);
     std::string kept;
@@ -876,9 +870,7 @@ struct fhir_api::impl {
     return 0;
   }
 
-  // Bundle with id, meta, type, total and self/next/previous links (offset paging).
-  value bundle_shell(std::string_view bundle_type, std::int64_t total, const std::string& path, const call& c,
-                     std::size_t offset, std::size_t count, std::size_t returned) const {
+  static value new_bundle(std::string_view bundle_type) {
     value bundle = value::make_object();
     bundle.set("resourceType", value::make_string("Bundle"));
     bundle.set("id", value::make_string(random_id()));
@@ -886,6 +878,13 @@ struct fhir_api::impl {
     meta.set("lastUpdated", value::make_string(now_instant()));
     bundle.set("meta", std::move(meta));
     bundle.set("type", value::make_string(std::string(bundle_type)));
+    return bundle;
+  }
+
+  // Bundle with id, meta, type, total and self/next/previous links (offset paging).
+  value bundle_shell(std::string_view bundle_type, std::int64_t total, const std::string& path, const call& c,
+                     std::size_t offset, std::size_t count, std::size_t returned) const {
+    value bundle = new_bundle(bundle_type);
     bundle.set("total", value::make_number(std::to_string(total)));
     // Links keep the caller's parameters and replace _count/_offset.
     std::string kept;
