@@ -609,5 +609,5 @@ TEST_CASE("search reference: server results equal a direct FHIRPath evaluation o
   MESSAGE(summary.str());
   CHECK_MESSAGE(mismatches == 0, "mismatches (key for the known-differences file: Type?param=value):\n"
                                      << details.str());
-  CHECK(checks.size() > 2000);
+  CHECK(checks.size() - negative > 2500);  // values drawn from the data, not just the no-match ones
 }
