@@ -761,7 +761,9 @@ search_result run_search(resource_store& store, const request_context& ctx, std:
       result.next_cursor = encode_cursor(keys, result.matches.back().id);
     }
   }
-  if (q.total == total_mode::accurate || q.count == 0) {
+  if (q.total == total_mode::automatic && q.cursor.empty() && result.next_cursor.empty() && q.count > 0) {
+    result.total = static_cast<std::int64_t>(result.matches.size());
+  } else if (q.total == total_mode::accurate || q.count == 0) {
     result.total = tx.exec_params("SELECT count(*) FROM resource_current c WHERE " + b.where,
                                   pqxx::prepare::make_dynamic_params(count_params))[0][0]
                        .as<std::int64_t>();

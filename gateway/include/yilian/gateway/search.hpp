@@ -16,7 +16,9 @@
 
 namespace yilian::gateway {
 
-enum class total_mode { none, estimate, accurate };
+// `automatic` (no _total): the total only when it costs nothing — the first page holds every
+// match. Counting 25,000 matches costs more than finding the page, so counting is on request.
+enum class total_mode { automatic, none, estimate, accurate };
 
 struct sort_key {
   std::string param;  // search parameter code, "_id" or "_lastUpdated"
@@ -38,7 +40,7 @@ struct search_query {
   std::vector<sort_key> sort;
   std::size_t count = 50;
   std::string cursor;               // opaque keyset position from a previous page ("" = first page)
-  total_mode total = total_mode::accurate;
+  total_mode total = total_mode::automatic;
   std::vector<include_spec> includes;
   std::vector<include_spec> revincludes;
   std::string base_url;             // absolute references to this base are matched as relative ones
