@@ -463,14 +463,19 @@ class sql_builder {
     if (!ref_def || ref_def->type != "reference")
       invalid("'" + ref + "' is not a reference parameter of " + source + " (in '" + c.name + "')");
     if (++depth_ > 4) invalid("_has nested deeper than 4 levels is not supported");
-    std::string a = "h" + std::to_string(depth_);
     std::string r = "hr" + std::to_string(depth_);
+    // Index rows exist only for current, non-deleted versions, so the referring resource's own
+    // row is needed only when the inner criterion reads its columns (_lastUpdated).
+    bool needs_row = split_name(inner).code == "_lastUpdated";
+    std::string a = needs_row ? "h" + std::to_string(depth_) : r;
     std::string cond = criterion_sql(source, criterion{inner, c.value}, a);
-    return "EXISTS (SELECT 1 FROM index_reference " + r + " JOIN resource_current " + a + " ON " + a + ".tenant = " + r +
-           ".tenant AND " + a + ".res_type = " + r + ".res_type AND " + a + ".res_id = " + r + ".res_id WHERE " + r +
-           ".tenant = " + alias + ".tenant AND " + r + ".target_type = " + alias + ".res_type AND " + r +
-           ".target_id = " + alias + ".res_id AND " + r + ".res_type = " + p_.add(source) + " AND " + r +
-           ".param = " + p_.add(ref) + " AND NOT " + a + ".deleted AND " + cond + ")";
+    std::string join = needs_row ? " JOIN resource_current " + a + " ON " + a + ".tenant = " + r + ".tenant AND " + a +
+                                       ".res_type = " + r + ".res_type AND " + a + ".res_id = " + r + ".res_id AND NOT " +
+                                       a + ".deleted"
+                                 : "";
+    return "EXISTS (SELECT 1 FROM index_reference " + r + join + " WHERE " + r + ".tenant = " + alias + ".tenant AND " +
+           r + ".target_type = " + alias + ".res_type AND " + r + ".target_id = " + alias + ".res_id AND " + r +
+           ".res_type = " + p_.add(source) + " AND " + r + ".param = " + p_.add(ref) + " AND " + cond + ")";
   }
 
   sql_params& p_;
