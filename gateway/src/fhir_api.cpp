@@ -814,8 +814,9 @@ struct fhir_api::impl {
       links.push_back(std::move(l));
     };
     add_link("self", q.cursor);
-    if (!result.next_cursor.empty()) add_link("next", result.next_cursor);
     if (!q.cursor.empty()) add_link("first", "");
+    if (!result.prev_cursor.empty()) add_link("previous", result.prev_cursor);
+    if (!result.next_cursor.empty()) add_link("next", result.next_cursor);
     bundle.set("link", std::move(links));
 
     bool subset = (summary && *summary != summary_mode::full) || (!elements.empty() && !summary);

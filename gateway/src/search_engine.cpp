@@ -540,46 +540,55 @@ std::optional<std::string> unbase64url(std::string_view text) {
   return out;
 }
 
-// Cursor = the last row's sort values and id: "\x01" marks NULL, fields separated by \x1f.
-std::string encode_cursor(const std::vector<std::optional<std::string>>& keys, const std::string& id) {
-  std::string raw;
+// Cursor = direction ('n': the rows after this position, 'p': the rows before it), then the
+// row's sort values and id; "\x01" marks NULL, fields are separated by \x1f.
+struct cursor_position {
+  bool backward = false;
+  std::vector<std::optional<std::string>> values;  // sort keys, then res_id
+};
+
+std::string encode_cursor(bool backward, const std::vector<std::optional<std::string>>& keys, const std::string& id) {
+  std::string raw(1, backward ? 'p' : 'n');
   for (const auto& k : keys) raw += (k ? *k : std::string("\x01")) + '\x1f';
   return base64url(raw + id);
 }
 
-std::vector<std::optional<std::string>> decode_cursor(const std::string& cursor, std::size_t keys) {
+cursor_position decode_cursor(const std::string& cursor, std::size_t keys) {
   auto raw = unbase64url(cursor);
-  if (!raw) invalid("Invalid paging cursor");
-  std::vector<std::optional<std::string>> out;
-  std::size_t start = 0;
+  if (!raw || raw->empty() || ((*raw)[0] != 'n' && (*raw)[0] != 'p')) invalid("Invalid paging cursor");
+  cursor_position out;
+  out.backward = (*raw)[0] == 'p';
+  std::size_t start = 1;
   for (std::size_t k = 0; k <= keys; ++k) {
     auto end = k == keys ? raw->size() : raw->find('\x1f', start);
     if (end == std::string::npos) invalid("Invalid paging cursor");
     std::string field = raw->substr(start, end - start);
-    out.push_back(field == "\x01" ? std::nullopt : std::optional<std::string>(field));
+    out.values.push_back(field == "\x01" ? std::nullopt : std::optional<std::string>(field));
     start = end + 1;
   }
   return out;
 }
 
-// Rows strictly after the cursor in ORDER BY k1.., res_id (NULLs last in both directions).
-std::string after_cursor_sql(const std::vector<sort_column>& columns, const std::vector<std::optional<std::string>>& at,
-                             sql_params& p) {
+// Rows strictly after (or before) the cursor in ORDER BY k1.., res_id, NULLs last in both
+// directions: the lexicographic comparison spelled out key by key.
+std::string beyond_cursor_sql(const std::vector<sort_column>& columns, const cursor_position& at, sql_params& p) {
   std::vector<std::string> disjuncts;
   std::string equal_prefix;
   for (std::size_t k = 0; k <= columns.size(); ++k) {
     bool is_id = k == columns.size();
     std::string col = is_id ? "s.res_id" : "s.k" + std::to_string(k);
     std::string cast = is_id ? "" : columns[k].cast;
-    const auto& v = at[k];
-    std::string after;
-    if (!v) {
-      after = "false";  // nothing sorts after NULL but the following keys
+    const auto& v = at.values[k];
+    bool ascending = is_id || !columns[k].descending;
+    std::string beyond;
+    if (!at.backward) {
+      if (!v) beyond = "false";  // nothing sorts after NULL but the following keys
+      else beyond = "(" + col + (ascending ? " > " : " < ") + p.add(*v) + cast + (is_id ? "" : " OR " + col + " IS NULL") + ")";
     } else {
-      std::string op = !is_id && columns[k].descending ? " < " : " > ";
-      after = "(" + col + op + p.add(*v) + cast + (is_id ? "" : " OR " + col + " IS NULL") + ")";
+      if (!v) beyond = col + " IS NOT NULL";  // every value sorts before NULL
+      else beyond = col + (ascending ? " < " : " > ") + p.add(*v) + cast;
     }
-    disjuncts.push_back(equal_prefix + after);
+    disjuncts.push_back(equal_prefix + beyond);
     if (!is_id) equal_prefix += (v ? col + " = " + p.add(*v) + cast : col + " IS NULL") + " AND ";
   }
   std::string out;
@@ -621,17 +630,26 @@ built_query build(const request_context& ctx, std::string_view type, const searc
   return b;
 }
 
-// The page statement: matches after the cursor in sort order, one more than asked (is there a next page?).
+// The page statement: matches beyond the cursor in sort order (reversed when paging backward),
+// one more than asked (is there a page further on?).
 std::string page_sql(built_query& b, const search_query& q) {
   std::string keys;
   for (std::size_t k = 0; k < b.sort.size(); ++k) keys += ", " + b.sort[k].expression + " AS k" + std::to_string(k);
   std::string sql = "SELECT s.* FROM (SELECT " + std::string(resource_columns) + keys +
                     " FROM resource_current c WHERE " + b.where + ") s";
-  if (!q.cursor.empty()) sql += " WHERE " + after_cursor_sql(b.sort, decode_cursor(q.cursor, b.sort.size()), b.params);
+  bool backward = false;
+  if (!q.cursor.empty()) {
+    cursor_position at = decode_cursor(q.cursor, b.sort.size());
+    backward = at.backward;
+    sql += " WHERE " + beyond_cursor_sql(b.sort, at, b.params);
+  }
   std::string order;
-  for (std::size_t k = 0; k < b.sort.size(); ++k)
-    order += "s.k" + std::to_string(k) + (b.sort[k].descending ? " DESC" : " ASC") + " NULLS LAST, ";
-  sql += " ORDER BY " + order + "s.res_id LIMIT " + b.params.add(std::to_string(q.count + 1));
+  for (std::size_t k = 0; k < b.sort.size(); ++k) {
+    bool descending = b.sort[k].descending != backward;
+    order += "s.k" + std::to_string(k) + (descending ? " DESC" : " ASC") + (backward ? " NULLS FIRST, " : " NULLS LAST, ");
+  }
+  sql += " ORDER BY " + order + (backward ? "s.res_id DESC" : "s.res_id") + " LIMIT " +
+         b.params.add(std::to_string(q.count + 1));
   return sql;
 }
 
@@ -755,15 +773,25 @@ search_result run_search(resource_store& store, const request_context& ctx, std:
   search_result result;
   if (q.count > 0) {
     auto rows = tx.exec_params(sql, pqxx::prepare::make_dynamic_params(b.params.values));
-    for (std::size_t r = 0; r < rows.size() && r < q.count; ++r) result.matches.push_back(row_to_resource(rows[r], 0));
-    if (rows.size() > q.count) {
-      const auto& last = rows[q.count - 1];
-      std::vector<std::optional<std::string>> keys;
+    bool backward = !q.cursor.empty() && decode_cursor(q.cursor, b.sort.size()).backward;
+    bool more_beyond = rows.size() > q.count;  // in the direction of this page
+    std::vector<std::vector<std::optional<std::string>>> keys;
+    for (std::size_t r = 0; r < rows.size() && r < q.count; ++r) {
+      result.matches.push_back(row_to_resource(rows[r], 0));
+      auto& row_keys = keys.emplace_back();
       for (std::size_t k = 0; k < b.sort.size(); ++k) {
-        const auto& f = last[static_cast<pqxx::row::size_type>(5 + k)];
-        keys.push_back(f.is_null() ? std::nullopt : std::optional<std::string>(std::string(f.c_str(), f.size())));
+        const auto& f = rows[r][static_cast<pqxx::row::size_type>(5 + k)];
+        row_keys.push_back(f.is_null() ? std::nullopt : std::optional<std::string>(std::string(f.c_str(), f.size())));
       }
-      result.next_cursor = encode_cursor(keys, result.matches.back().id);
+    }
+    if (backward) {
+      std::reverse(result.matches.begin(), result.matches.end());
+      std::reverse(keys.begin(), keys.end());
+    }
+    if (!result.matches.empty()) {
+      if (backward ? true : more_beyond) result.next_cursor = encode_cursor(false, keys.back(), result.matches.back().id);
+      if (backward ? more_beyond : !q.cursor.empty())
+        result.prev_cursor = encode_cursor(true, keys.front(), result.matches.front().id);
     }
   }
   if (q.total == total_mode::automatic && q.cursor.empty() && result.next_cursor.empty() && q.count > 0) {

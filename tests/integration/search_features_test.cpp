@@ -238,6 +238,48 @@ TEST_CASE("search features: _sort, paging that stays correct while data changes,
   CHECK_FALSE(p1.find("name"));
 }
 
+TEST_CASE("search features: previous links walk back through the same pages, NULL sort values included") {
+  YILIAN_REQUIRE_SEARCH_DATABASE();
+  auto& f = fixture();
+  for (int i = 0; i < 7; ++i)
+    f.put("Patient", "walk-" + std::to_string(i),
+          i % 3 == 0 ? R"({"resourceType":"Patient","gender":"unknown"})"
+                     : R"({"resourceType":"Patient","gender":"unknown","birthDate":"199)" + std::to_string(i) + R"("})");
+  auto link = [](const fhir::value& b, const std::string& relation) {
+    for (const auto& l : b.find("link")->items())
+      if (l.find("relation")->text() == relation) return l.find("url")->text().substr(std::string("http://test.local").size());
+    return std::string();
+  };
+  auto page_ids = [](const fhir::value& b) {
+    std::vector<std::string> out;
+    if (const fhir::value* entries = b.find("entry"))
+      for (const auto& e : entries->items()) out.push_back(e.find("resource")->find("id")->text());
+    return out;
+  };
+  for (const char* sort : {"birthdate", "-birthdate"}) {
+    std::vector<std::vector<std::string>> forward;
+    std::string target = std::string("/fhir/Patient?gender=unknown&_count=3&_sort=") + sort;
+    fhir::value b = f.bundle(target);
+    CHECK(link(b, "previous").empty());
+    forward.push_back(page_ids(b));
+    while (!link(b, "next").empty()) {
+      b = f.bundle(link(b, "next"));
+      forward.push_back(page_ids(b));
+    }
+    REQUIRE(forward.size() == 3);
+    CHECK(forward[2].size() == 1);
+    std::vector<std::string> all;
+    for (const auto& page : forward) all.insert(all.end(), page.begin(), page.end());
+    CHECK(std::set<std::string>(all.begin(), all.end()).size() == 7);
+    CHECK(all.back() == "walk-6");  // the patients without a birth date come last, by id: walk-0, walk-3, walk-6
+    for (std::size_t back = forward.size() - 1; back-- > 0;) {
+      b = f.bundle(link(b, "previous"));
+      CHECK_MESSAGE(page_ids(b) == forward[back], sort << " page " << back);
+    }
+    CHECK(link(b, "previous").empty());
+  }
+}
+
 TEST_CASE("search features: unknown parameters are reported, malformed values are 400 naming the parameter") {
   YILIAN_REQUIRE_SEARCH_DATABASE();
   auto& f = fixture();

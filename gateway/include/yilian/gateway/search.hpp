@@ -51,6 +51,7 @@ struct search_result {
   std::vector<stored_resource> included;
   std::optional<std::int64_t> total;
   std::string next_cursor;          // "" = last page
+  std::string prev_cursor;          // "" = first page
 };
 
 // Splits a query parameter name into parameter code and modifier ("code:text" -> code, text).
