@@ -1,4 +1,5 @@
 #include "yilian/gateway/fhir_api.hpp"
+#include "yilian/gateway/operation.hpp"
 #include "yilian/gateway/search.hpp"
 #include "search_index.hpp"
 
@@ -316,6 +317,7 @@ struct fhir_api::impl {
   fhir_api_options options;
   const fhir::definitions& defs;
   std::string capability_json;
+  std::vector<operation_definition> operations;
 
   impl(resource_store& s, fhir_api_options o, const fhir::definitions& d)
       : store(s), options(std::move(o)), defs(d), capability_json(build_capability_statement()) {}
@@ -328,6 +330,42 @@ struct fhir_api::impl {
     request_context ctx;
     std::string base;  // public base URL
   };
+
+  const operation_definition* find_operation(std::string_view name, operation_level level,
+                                             std::string_view type) const {
+    for (const auto& op : operations)
+      if (op.level == level && op.name == name &&
+          (op.types.empty() || std::find(op.types.begin(), op.types.end(), type) != op.types.end()))
+        return &op;
+    return nullptr;
+  }
+
+  http_response run_operation(const call& c, const operation_definition& op, std::string type, std::string id,
+                              std::vector<std::string> tail) const {
+    if (std::find(op.methods.begin(), op.methods.end(), c.req.method == "HEAD" ? "GET" : c.req.method) ==
+        op.methods.end())
+      method_not_allowed(c, "$" + op.name);
+    operation_call oc{c.req, c.ctx, c.base, std::move(type), std::move(id), std::move(tail), {}};
+    for (const auto& p : c.target.params) oc.params.emplace_back(p.name, p.value);
+    if (c.req.method == "POST" &&
+        iequals(strip_media_params(c.req.header("Content-Type")), "application/x-www-form-urlencoded")) {
+      std::vector<query_param> form;
+      parse_form(c.req.body, form);
+      for (auto& p : form) oc.params.emplace_back(std::move(p.name), std::move(p.value));
+    }
+    operation_response r = op.handler(oc);
+    http_response res;
+    if (r.resource) {
+      res = body_response(r.status, c, *r.resource);
+    } else {
+      res.status = r.status;
+      res.body = std::move(r.body);
+      if (!r.content_type.empty()) res.set_header("Content-Type", r.content_type);
+    }
+    for (auto& h : r.headers) res.set_header(h.name, std::move(h.value));
+    return res;
+  }
+
 
   std::string base_url_for(const http_request& req) const {
     if (!options.base_url.empty()) return options.base_url;
@@ -967,6 +1005,9 @@ struct fhir_api::impl {
       if (!get) method_not_allowed(c, "_history");
       return history(c, std::nullopt, std::nullopt);
     }
+    if (first.starts_with("$"))
+      if (const auto* op = find_operation(std::string_view(first).substr(1), operation_level::system, ""))
+        return run_operation(c, *op, {}, {}, std::vector<std::string>(seg.begin() + 1, seg.end()));
     if (first.starts_with("$") || first.starts_with("_"))
       fail(404, issue_type::not_supported, "Unknown system operation or path '" + first + "'");
 
@@ -999,6 +1040,9 @@ struct fhir_api::impl {
     }
     if (second.starts_with("$")) {
       require_type(type);
+      if (seg.size() == 2)
+        if (const auto* op = find_operation(std::string_view(second).substr(1), operation_level::type, type))
+          return run_operation(c, *op, type, {}, {});
       fail(404, issue_type::not_supported, "Unknown operation '" + second + "' on " + type);
     }
     const std::string& id = second;
@@ -1029,6 +1073,9 @@ struct fhir_api::impl {
     }
     if (seg.size() == 3 && seg[2].starts_with("$")) {
       require_type(type);
+      require_id(id);
+      if (const auto* op = find_operation(std::string_view(seg[2]).substr(1), operation_level::instance, type))
+        return run_operation(c, *op, type, id, {});
       fail(404, issue_type::not_supported, "Unknown operation '" + seg[2] + "' on " + type + "/" + id);
     }
     fail(404, issue_type::not_found, "No FHIR interaction at this path");
@@ -1048,6 +1095,8 @@ struct fhir_api::impl {
       return res;
     } catch (const api_error& e) {
       return outcome_response(c, e.status, e.issues);
+    } catch (const fhir_failure& e) {
+      return outcome_response(c, e.status(), e.issues());
     } catch (const store_error& e) {
       int status = 500;
       issue_type type = issue_type::exception;
@@ -1163,6 +1212,14 @@ struct fhir_api::impl {
       validate.set("name", value::make_string("validate"));
       validate.set("definition", value::make_string("http://hl7.org/fhir/OperationDefinition/Resource-validate"));
       ops.push_back(std::move(validate));
+      for (const auto& op : operations) {
+        if (op.level == operation_level::system) continue;
+        if (!op.types.empty() && std::find(op.types.begin(), op.types.end(), type) == op.types.end()) continue;
+        value o = value::make_object();
+        o.set("name", value::make_string(op.name));
+        o.set("definition", value::make_string(op.definition_url));
+        ops.push_back(std::move(o));
+      }
       r.set("operation", std::move(ops));
       resources.push_back(std::move(r));
     }
@@ -1172,6 +1229,15 @@ struct fhir_api::impl {
     hs.set("code", value::make_string("history-system"));
     sys.push_back(std::move(hs));
     rest.set("interaction", std::move(sys));
+    value system_ops = value::make_array();
+    for (const auto& op : operations) {
+      if (op.level != operation_level::system) continue;
+      value o = value::make_object();
+      o.set("name", value::make_string(op.name));
+      o.set("definition", value::make_string(op.definition_url));
+      system_ops.push_back(std::move(o));
+    }
+    if (!system_ops.items().empty()) rest.set("operation", std::move(system_ops));
     value rest_list = value::make_array();
     rest_list.push_back(std::move(rest));
     cs.set("rest", std::move(rest_list));
@@ -1185,6 +1251,11 @@ fhir_api::fhir_api(resource_store& store, fhir_api_options options, const fhir::
 fhir_api::~fhir_api() = default;
 
 http_response fhir_api::handle(const http_request& request) const { return impl_->handle(request); }
+
+void fhir_api::add_operation(operation_definition operation) {
+  impl_->operations.push_back(std::move(operation));
+  impl_->capability_json = impl_->build_capability_statement();
+}
 
 const std::string& fhir_api::capability_statement_json() const noexcept { return impl_->capability_json; }
 

@@ -121,6 +121,87 @@ CREATE INDEX index_uri_owner ON index_uri (tenant, res_type, res_id);
 -- _lastUpdated searches and sorts, and keyset paging on it.
 CREATE INDEX resource_current_type_time ON resource_current (tenant, res_type, last_updated, res_id);
 )sql"},
+      {3, "subscriptions: registry, outbox of events, delivery state",
+       R"sql(
+-- One row per Subscription resource that is active (or in error, still retried), kept in step with
+-- the Subscription resources by a write participant. `criteria_type` + `criteria_query` are the
+-- search that selects the resources whose changes are notified.
+CREATE TABLE subscription (
+  tenant         text    NOT NULL,
+  sub_id         text    NOT NULL,
+  criteria_type  text    NOT NULL,
+  criteria_query text    NOT NULL,   -- query string after '?' ('' = every resource of the type)
+  status         text    NOT NULL,   -- requested | active | error | off
+  events_since_start bigint NOT NULL DEFAULT 0,  -- last event number handed out
+  PRIMARY KEY (tenant, sub_id)
+);
+CREATE INDEX subscription_by_type ON subscription (tenant, criteria_type);
+
+-- The outbox: one row per (subscription, matching change), written in the change's transaction.
+-- Event numbers are gap-free per subscription (taken from subscription.events_since_start under
+-- its row lock, so they also follow commit order).
+CREATE TABLE subscription_event (
+  tenant       text        NOT NULL,
+  sub_id       text        NOT NULL,
+  event_number bigint      NOT NULL,
+  res_type     text        NOT NULL,
+  res_id       text        NOT NULL,
+  version      bigint      NOT NULL,
+  deleted      boolean     NOT NULL DEFAULT false,
+  occurred_at  timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (tenant, sub_id, event_number)
+);
+
+-- Delivery progress per subscription, claimed by one gateway process at a time with a lease.
+CREATE TABLE subscription_delivery (
+  tenant            text        NOT NULL,
+  sub_id            text        NOT NULL,
+  delivered_through bigint      NOT NULL DEFAULT 0,  -- every event up to this number was delivered
+  failures          int         NOT NULL DEFAULT 0,  -- consecutive failed attempts
+  next_attempt_at   timestamptz NOT NULL DEFAULT now(),
+  last_error        text,
+  last_sent_at      timestamptz,                      -- last notification or heartbeat
+  leased_by         text,
+  leased_until      timestamptz,
+  PRIMARY KEY (tenant, sub_id)
+);
+)sql"},
+      {4, "bulk data export jobs and their NDJSON files",
+       R"sql(
+-- Asynchronous $export jobs: any gateway process may run a queued job (claimed with a lease) and
+-- any may answer its status or serve its files, so the files live in the database too.
+CREATE TABLE export_job (
+  tenant           text        NOT NULL,
+  job_id           text        NOT NULL,
+  status           text        NOT NULL,  -- queued | running | completed | failed | cancelled
+  request_url      text        NOT NULL,  -- the kick-off request, as the status report echoes it
+  level            text        NOT NULL,  -- system | patient | group
+  group_id         text,
+  types            text[],                -- _type (NULL = all)
+  since            timestamptz,           -- _since
+  transaction_time timestamptz,           -- the snapshot the export reflects
+  progress         text,
+  error            text,
+  created_at       timestamptz NOT NULL DEFAULT now(),
+  finished_at      timestamptz,
+  expires_at       timestamptz,
+  leased_by        text,
+  leased_until     timestamptz,
+  PRIMARY KEY (tenant, job_id)
+);
+CREATE INDEX export_job_queue ON export_job (status, created_at);
+
+-- NDJSON output, split into files of bounded size (several files per type when large).
+CREATE TABLE export_file (
+  tenant     text   NOT NULL,
+  job_id     text   NOT NULL,
+  file_no    int    NOT NULL,
+  res_type   text   NOT NULL,
+  line_count bigint NOT NULL,
+  body       text   NOT NULL,
+  PRIMARY KEY (tenant, job_id, file_no)
+);
+)sql"},
   };
   return all;
 }

@@ -9,6 +9,7 @@
 
 #include "yilian/fhir/definitions.hpp"
 #include "yilian/gateway/http_message.hpp"
+#include "yilian/gateway/operation.hpp"
 #include "yilian/gateway/resource_store.hpp"
 
 namespace yilian::gateway {
@@ -28,6 +29,10 @@ class fhir_api {
 
   // Never throws: every failure is answered with an OperationOutcome.
   http_response handle(const http_request& request) const;
+
+  // Registers an operation (before serving: not thread-safe against handle()). It is routed by
+  // level and name and listed in the CapabilityStatement.
+  void add_operation(operation_definition operation);
 
   // The CapabilityStatement this server really supports (JSON text).
   const std::string& capability_statement_json() const noexcept;
