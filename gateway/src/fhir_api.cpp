@@ -316,8 +316,8 @@ struct fhir_api::impl {
   resource_store& store;
   fhir_api_options options;
   const fhir::definitions& defs;
+  std::vector<operation_definition> operations;  // before capability_json, which is built from it
   std::string capability_json;
-  std::vector<operation_definition> operations;
 
   impl(resource_store& s, fhir_api_options o, const fhir::definitions& d)
       : store(s), options(std::move(o)), defs(d), capability_json(build_capability_statement()) {}
