@@ -31,6 +31,7 @@
 #include "yilian/gateway/resource_store.hpp"
 #include "yilian/gateway/service.hpp"
 #include "yilian/gateway/settings.hpp"
+#include "yilian/gateway/subscriptions.hpp"
 #include "yilian/gateway/worker_pool.hpp"
 
 namespace {
@@ -237,6 +238,8 @@ int cmd_serve(const std::vector<std::string>& args) {
   {
     gateway::resource_store store(url, s.workers);
     store.migrate();
+    auto subscriptions = std::make_shared<gateway::subscription_participant>();
+    store.add_participant(subscriptions);
     gateway::request_context ctx;
     for (const auto& path : s.load) {
       auto report = adapters::load_fhir_files(store, ctx, path);
@@ -247,6 +250,7 @@ int cmd_serve(const std::vector<std::string>& args) {
 
     gateway::metrics stats;
     gateway::fhir_api api(store, {.base_path = "/fhir", .base_url = s.base_url});
+    gateway::add_subscription_operations(api, store);
     gateway::gateway_service service(store, api, stats);
     gateway::worker_pool workers(s.workers);
     std::mutex log_mutex;
@@ -272,6 +276,11 @@ int cmd_serve(const std::vector<std::string>& args) {
                                 observer);
     server.start();
     std::string host = s.listen_host.find(':') != std::string::npos ? "[" + s.listen_host + "]" : s.listen_host;
+    std::string listen_url = "http://" + host + ":" + std::to_string(server.port()) + "/fhir";
+    gateway::subscription_dispatcher_options notify_options;
+    notify_options.base_url = s.base_url.empty() ? listen_url : s.base_url;
+    gateway::subscription_dispatcher notifier(store, notify_options, subscriptions);
+    notifier.start();
     std::cout << "Yilian " << version << " is listening on http://" << host << ":" << server.port() << "/fhir"
               << " (PostgreSQL: " << (pg ? "embedded, under " + s.data_dir : std::string("external")) << ")\n"
               << "Stop it with Ctrl-C or: kill -TERM " << getpid() << std::endl;
@@ -281,6 +290,7 @@ int cmd_serve(const std::vector<std::string>& args) {
               << ": finishing in-flight requests, then stopping" << std::endl;
     server.stop();
     server.wait();
+    notifier.stop();
     workers.shutdown();
   }
   if (pg) {

@@ -123,9 +123,10 @@ CREATE INDEX resource_current_type_time ON resource_current (tenant, res_type, l
 )sql"},
       {3, "subscriptions: registry, outbox of events, delivery state",
        R"sql(
--- One row per Subscription resource that is active (or in error, still retried), kept in step with
--- the Subscription resources by a write participant. `criteria_type` + `criteria_query` are the
--- search that selects the resources whose changes are notified.
+-- One row per Subscription resource with a supported channel (rest-hook, websocket), kept in step
+-- with the Subscription resources by a write participant. `criteria_type` + `criteria_query` are
+-- the search that selects the resources whose changes are notified; the channel columns are what
+-- the dispatcher needs without parsing the resource.
 CREATE TABLE subscription (
   tenant         text    NOT NULL,
   sub_id         text    NOT NULL,
@@ -133,9 +134,26 @@ CREATE TABLE subscription (
   criteria_query text    NOT NULL,   -- query string after '?' ('' = every resource of the type)
   status         text    NOT NULL,   -- requested | active | error | off
   events_since_start bigint NOT NULL DEFAULT 0,  -- last event number handed out
+  channel_type   text    NOT NULL,   -- rest-hook | websocket
+  endpoint       text    NOT NULL DEFAULT '',
+  payload_mime   text    NOT NULL DEFAULT '',  -- channel.payload ('' = none given)
+  payload_content text   NOT NULL DEFAULT 'empty',  -- empty | id-only | full-resource
+  headers        text    NOT NULL DEFAULT '',  -- channel.header values, one per line
+  heartbeat_seconds int  NOT NULL DEFAULT 0,   -- 0 = no heartbeats
+  topic          text    NOT NULL DEFAULT '',  -- reported as the status' topic ('' = the criteria)
   PRIMARY KEY (tenant, sub_id)
 );
 CREATE INDEX subscription_by_type ON subscription (tenant, criteria_type);
+
+-- Resources that matched a subscription's criteria at their last change, so deleting one is
+-- notified although its index rows are gone (only for subscriptions with a non-empty query).
+CREATE TABLE subscription_member (
+  tenant   text NOT NULL,
+  sub_id   text NOT NULL,
+  res_type text NOT NULL,
+  res_id   text NOT NULL,
+  PRIMARY KEY (tenant, sub_id, res_type, res_id)
+);
 
 -- The outbox: one row per (subscription, matching change), written in the change's transaction.
 -- Event numbers are gap-free per subscription (taken from subscription.events_since_start under

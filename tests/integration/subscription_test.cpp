@@ -1,0 +1,430 @@
+// Subscriptions end to end against a real PostgreSQL: the dispatcher posts to a receiving endpoint
+// (yilian's own http_server with a capturing handler) that fails or is gone for a while, the
+// dispatcher and store are restarted in between, and every matching change must still arrive, in
+// order, with no gap in event numbers.
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+#include "test_database.hpp"
+#include "yilian/fhir/json.hpp"
+#include "yilian/gateway/fhir_api.hpp"
+#include "yilian/gateway/http_server.hpp"
+#include "yilian/gateway/resource_store.hpp"
+#include "yilian/gateway/subscriptions.hpp"
+#include "yilian/gateway/worker_pool.hpp"
+
+using namespace yilian;
+using namespace std::chrono_literals;
+
+namespace {
+
+fhir::value parse(const std::string& json) {
+  fhir::value v;
+  fhir::issue_list issues;
+  REQUIRE_MESSAGE(fhir::parse_json(json, v, issues), json);
+  return v;
+}
+
+std::string text(const fhir::value* v) { return v && v->is_string() ? v->text() : std::string(); }
+
+// One notification as the receiver saw it.
+struct notification {
+  std::string path;
+  std::string authorization;
+  std::string type;                   // handshake | heartbeat | event-notification
+  std::string status;
+  std::vector<std::int64_t> events;   // event numbers
+  std::vector<std::string> focus;     // focus references (id-only, full-resource)
+  fhir::value bundle;
+  bool accepted = false;              // answered 2xx
+};
+
+notification read_notification(const gateway::http_request& req) {
+  notification n;
+  n.path = req.target;
+  n.authorization = std::string(req.header("Authorization"));
+  n.bundle = parse(req.body);
+  const auto& entries = n.bundle.find("entry")->items();
+  const fhir::value& status = *entries.front().find("resource");
+  for (const auto& p : status.find("parameter")->items()) {
+    std::string name = text(p.find("name"));
+    if (name == "type") n.type = text(p.find("valueCode"));
+    if (name == "status") n.status = text(p.find("valueCode"));
+    if (name != "notification-event") continue;
+    for (const auto& part : p.find("part")->items()) {
+      if (text(part.find("name")) == "event-number") n.events.push_back(std::stoll(text(part.find("valueString"))));
+      if (text(part.find("name")) == "focus") n.focus.push_back(text(part.find("valueReference")->find("reference")));
+    }
+  }
+  return n;
+}
+
+// A receiving endpoint on a fixed port that can answer 503, or be stopped and started again.
+class receiver {
+ public:
+  receiver() { start(); }
+  ~receiver() { stop(); }
+
+  void start() {
+    gateway::http_server_options o;
+    o.port = port_;
+    o.io_threads = 1;
+    server_ = std::make_unique<gateway::http_server>(o, [this](const gateway::http_request& r) { return handle(r); },
+                                                     workers_);
+    server_->start();
+    port_ = server_->port();
+  }
+  void stop() {
+    if (!server_) return;
+    server_->stop(1000ms);
+    server_->wait();
+    server_.reset();
+  }
+
+  std::string url(const std::string& path = "/hook") const { return "http://127.0.0.1:" + std::to_string(port_) + path; }
+  void answer(int status) { status_ = status; }
+  void delay(std::chrono::milliseconds d) { delay_ = d; }
+
+  std::vector<notification> received() {
+    std::lock_guard lock(mutex_);
+    return received_;
+  }
+  std::vector<notification> accepted(const std::string& path = "/hook") {
+    std::vector<notification> out;
+    for (auto& n : received())
+      if (n.accepted && n.path == path) out.push_back(std::move(n));
+    return out;
+  }
+  int max_concurrent_per_path() const { return max_concurrent_; }
+
+ private:
+  gateway::http_response handle(const gateway::http_request& req) {
+    notification n = read_notification(req);
+    {
+      std::lock_guard lock(mutex_);
+      max_concurrent_ = std::max(max_concurrent_, ++in_flight_[req.target]);
+    }
+    std::this_thread::sleep_for(delay_.load());
+    gateway::http_response res;
+    res.status = status_;
+    n.accepted = status_ >= 200 && status_ < 300;
+    std::lock_guard lock(mutex_);
+    --in_flight_[req.target];
+    received_.push_back(std::move(n));
+    return res;
+  }
+
+  gateway::worker_pool workers_{4};
+  std::unique_ptr<gateway::http_server> server_;
+  std::uint16_t port_ = 0;
+  std::atomic<int> status_{200};
+  std::atomic<std::chrono::milliseconds> delay_{0ms};
+  std::mutex mutex_;
+  std::vector<notification> received_;
+  std::map<std::string, int> in_flight_;
+  int max_concurrent_ = 0;
+};
+
+// A gateway process: store, participant and dispatcher on one database.
+struct gateway_process {
+  gateway::resource_store store;
+  std::shared_ptr<gateway::subscription_participant> participant = std::make_shared<gateway::subscription_participant>();
+  gateway::subscription_dispatcher dispatcher;
+
+  explicit gateway_process(const std::string& url, gateway::subscription_dispatcher_options options = fast())
+      : store(url, 4), dispatcher(store, options, participant) {
+    store.migrate();
+    store.add_participant(participant);
+  }
+
+  static gateway::subscription_dispatcher_options fast() {
+    gateway::subscription_dispatcher_options o;
+    o.base_url = "http://test.local/fhir";
+    o.poll_interval = 50ms;
+    o.retry_min = 30ms;
+    o.retry_max = 150ms;
+    o.failures_before_error = 3;
+    o.http_timeout = 2000ms;
+    o.lease = 5000ms;
+    return o;
+  }
+};
+
+fhir::value subscription(const std::string& criteria, const std::string& endpoint, const std::string& content,
+                         const std::string& status = "requested") {
+  std::string payload = content.empty() ? std::string()
+                                        : R"(,"payload":"application/fhir+json","_payload":{"extension":[{"url":")" +
+                                              std::string(gateway::backport_payload_content_url) +
+                                              R"(","valueCode":")" + content + R"("}]})";
+  return parse(R"({"resourceType":"Subscription","status":")" + status + R"(","reason":"test","criteria":")" + criteria +
+               R"(","channel":{"type":"rest-hook","endpoint":")" + endpoint +
+               R"(","header":["Authorization: Bearer s3cret"])" + payload + "}}");
+}
+
+fhir::value observation(const std::string& code, const std::string& value = "4.1") {
+  return parse(R"({"resourceType":"Observation","status":"final","code":{"coding":[{"system":"http://loinc.org","code":")" +
+               code + R"("}]},"valueQuantity":{"value":)" + value + "}}");
+}
+
+fhir::value patient(const std::string& gender) {
+  return parse(R"({"resourceType":"Patient","gender":")" + gender + R"(","name":[{"text":"王芳"}]})");
+}
+
+bool eventually(const std::function<bool()>& condition, std::chrono::milliseconds timeout = 10'000ms) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (condition()) return true;
+    std::this_thread::sleep_for(10ms);
+  }
+  return condition();
+}
+
+std::string resource_status(gateway::resource_store& store, const std::string& id, std::string* error = nullptr) {
+  auto r = store.read({}, "Subscription", id);
+  if (!r) return {};
+  fhir::value v = parse(r->json);
+  if (error) *error = text(v.find("error"));
+  return text(v.find("status"));
+}
+
+// Every accepted event number in order: each notification continues where the previous accepted
+// one ended or repeats (at least once), never skips.
+std::vector<std::int64_t> delivered_in_order(const std::vector<notification>& accepted, std::vector<std::string>* focus) {
+  std::vector<std::int64_t> numbers;
+  std::int64_t highest = 0;
+  for (const auto& n : accepted) {
+    for (std::size_t i = 0; i < n.events.size(); ++i) {
+      std::int64_t e = n.events[i];
+      CHECK_MESSAGE(e <= highest + 1, "event " << e << " arrived after only " << highest << " were delivered");
+      if (e == highest + 1) {
+        highest = e;
+        numbers.push_back(e);
+        if (focus && i < n.focus.size()) focus->push_back(n.focus[i]);
+      }
+    }
+  }
+  return numbers;
+}
+
+#define REQUIRE_DATABASE()                                                   \
+  if (test::fresh_database_url("probe").empty()) {                           \
+    MESSAGE("skipped: YILIAN_TEST_DATABASE_URL_FILE is not set");           \
+    return;                                                                  \
+  }
+
+}  // namespace
+
+TEST_CASE("subscriptions: every matching change arrives in order while the endpoint is down and the gateway restarts") {
+  REQUIRE_DATABASE();
+  std::string url = test::fresh_database_url("subscription_delivery");
+  receiver endpoint;
+  gateway::request_context ctx;
+  auto gw = std::make_unique<gateway_process>(url);
+  std::string sub_id =
+      gw->store.create(ctx, "Subscription", subscription("Observation?code=http://loinc.org|2823-3", endpoint.url(), "id-only"))
+          .resource.id;
+  gw->dispatcher.start();
+
+  // Handshake, then the server sets the subscription active.
+  REQUIRE(eventually([&] { return resource_status(gw->store, sub_id) == "active"; }));
+  auto first = endpoint.accepted();
+  REQUIRE(!first.empty());
+  CHECK(first.front().type == "handshake");
+  CHECK(first.front().authorization == "Bearer s3cret");
+
+  std::vector<std::string> expected;  // focus of every matching change, in commit order
+  auto change = [&](const std::string& code, std::string id = {}) {
+    fhir::value obs = observation(code);
+    std::string written =
+        id.empty() ? gw->store.create(ctx, "Observation", std::move(obs)).resource.id
+                   : gw->store.update(ctx, "Observation", id, std::move(obs)).resource.id;
+    if (code == "2823-3") expected.push_back("http://test.local/fhir/Observation/" + written);
+    return written;
+  };
+  // Phase 1: endpoint up.
+  std::vector<std::string> ids;
+  for (int i = 0; i < 5; ++i) ids.push_back(change("2823-3"));
+  change("718-7");  // not matching
+  change("2823-3", ids[0]);
+  REQUIRE(eventually([&] { return delivered_in_order(endpoint.accepted(), nullptr).size() == expected.size(); }));
+
+  // Phase 2: the endpoint answers 503; after 3 failures the subscription is in error.
+  endpoint.answer(503);
+  for (int i = 0; i < 3; ++i) ids.push_back(change("2823-3"));
+  std::string error;
+  REQUIRE(eventually([&] { return resource_status(gw->store, sub_id, &error) == "error"; }));
+  CHECK(error.find("503") != std::string::npos);
+  // An update that stops matching is not notified; its later deletion neither.
+  change("718-7", ids[1]);
+  gw->store.remove(ctx, "Observation", ids[1]);
+  // A matching resource's deletion is notified.
+  gw->store.remove(ctx, "Observation", ids[2]);
+  expected.push_back("http://test.local/fhir/Observation/" + ids[2]);
+
+  // Phase 3: the endpoint is gone and the gateway restarts while changes keep coming.
+  endpoint.stop();
+  for (int i = 0; i < 3; ++i) ids.push_back(change("2823-3"));
+  gw.reset();
+  gw = std::make_unique<gateway_process>(url);
+  for (int i = 0; i < 2; ++i) ids.push_back(change("2823-3"));
+  change("718-7");
+  gw->dispatcher.start();
+  std::this_thread::sleep_for(200ms);  // a few attempts against the closed port
+  endpoint.answer(200);
+  endpoint.start();
+
+  std::vector<std::string> focus;
+  REQUIRE(eventually([&] {
+    focus.clear();
+    return delivered_in_order(endpoint.accepted(), &focus).size() == expected.size();
+  }));
+  CHECK(focus == expected);
+  REQUIRE(eventually([&] { return resource_status(gw->store, sub_id, &error) == "active"; }));
+  CHECK(error.empty());
+  // Nothing beyond the matching changes was numbered.
+  for (const auto& n : endpoint.accepted())
+    for (auto e : n.events) CHECK(e <= static_cast<std::int64_t>(expected.size()));
+}
+
+TEST_CASE("subscriptions: payload content empty, id-only and full-resource; deletions notify") {
+  REQUIRE_DATABASE();
+  receiver endpoint;
+  gateway_process gw(test::fresh_database_url("subscription_payload"));
+  gateway::request_context ctx;
+  gw.store.create(ctx, "Subscription", subscription("Patient?gender=female", endpoint.url("/empty"), "", "active"));
+  gw.store.create(ctx, "Subscription", subscription("Patient?gender=female", endpoint.url("/id-only"), "id-only", "active"));
+  gw.store.create(ctx, "Subscription", subscription("Patient?gender=female", endpoint.url("/full"), "full-resource", "active"));
+  gw.dispatcher.start();
+  std::string id = gw.store.create(ctx, "Patient", patient("female")).resource.id;
+  gw.store.create(ctx, "Patient", patient("male"));
+  gw.store.remove(ctx, "Patient", id);
+  for (const char* path : {"/empty", "/id-only", "/full"})
+    REQUIRE_MESSAGE(eventually([&] { return delivered_in_order(endpoint.accepted(path), nullptr).size() == 2; }), path);
+
+  auto entries = [](const notification& n) -> const std::vector<fhir::value>& { return n.bundle.find("entry")->items(); };
+  for (const auto& n : endpoint.accepted("/empty")) {
+    CHECK(n.focus.empty());
+    CHECK(entries(n).size() == 1);
+    CHECK(text(n.bundle.find("type")) == "history");
+  }
+  std::vector<std::string> methods;
+  for (const auto& n : endpoint.accepted("/id-only")) {
+    CHECK(n.focus.size() == n.events.size());
+    for (std::size_t i = 1; i < entries(n).size(); ++i) {
+      CHECK(entries(n)[i].find("resource") == nullptr);
+      CHECK(text(entries(n)[i].find("fullUrl")) == "http://test.local/fhir/Patient/" + id);
+      methods.push_back(text(entries(n)[i].find("request")->find("method")));
+    }
+  }
+  CHECK(methods == std::vector<std::string>{"POST", "DELETE"});
+  bool saw_resource = false;
+  for (const auto& n : endpoint.accepted("/full")) {
+    const auto& status = *entries(n)[0].find("resource");
+    CHECK(text(status.find("meta")->find("profile")->items().data()) == gateway::backport_status_profile);
+    for (std::size_t i = 1; i < entries(n).size(); ++i)
+      if (const fhir::value* r = entries(n)[i].find("resource")) {
+        CHECK(text(r->find("id")) == id);
+        CHECK(text(r->find("gender")) == "female");
+        saw_resource = true;
+      }
+  }
+  CHECK(saw_resource);
+}
+
+TEST_CASE("subscriptions: invalid criteria are refused; $status and $events report and repair") {
+  REQUIRE_DATABASE();
+  receiver endpoint;
+  gateway_process gw(test::fresh_database_url("subscription_ops"));
+  gateway::fhir_api_options api_options;
+  api_options.base_url = "http://test.local/fhir";
+  gateway::fhir_api api(gw.store, api_options);
+  gateway::add_subscription_operations(api, gw.store);
+  auto call = [&](std::string method, std::string target, std::string body = {}) {
+    gateway::http_request req;
+    req.method = std::move(method);
+    req.target = std::move(target);
+    req.body = std::move(body);
+    if (!req.body.empty()) req.headers.push_back({"Content-Type", "application/fhir+json"});
+    return api.handle(req);
+  };
+  for (const char* criteria : {"Observation?no-such-param=1", "NotAType?code=1", "Observation?date=notadate"}) {
+    auto res = call("POST", "/fhir/Subscription", fhir::to_json(subscription(criteria, endpoint.url(), "id-only")));
+    CHECK_MESSAGE(res.status == 422, criteria << ": " << res.body);
+    CHECK(res.body.find("Subscription.criteria") != std::string::npos);
+  }
+  auto bad_endpoint = call("POST", "/fhir/Subscription", fhir::to_json(subscription("Patient", "ftp://x", "id-only")));
+  CHECK(bad_endpoint.status == 422);
+
+  auto created = call("POST", "/fhir/Subscription", fhir::to_json(subscription("Patient", endpoint.url(), "id-only", "active")));
+  REQUIRE(created.status == 201);
+  std::string sub_id = text(parse(created.body).find("id"));
+  gateway::request_context ctx;
+  std::vector<std::string> patients;
+  for (int i = 0; i < 4; ++i) patients.push_back(gw.store.create(ctx, "Patient", patient("female")).resource.id);
+
+  auto status = call("GET", "/fhir/Subscription/" + sub_id + "/$status");
+  REQUIRE(status.status == 200);
+  fhir::value status_bundle = parse(status.body);
+  CHECK(text(status_bundle.find("type")) == "searchset");
+  std::map<std::string, std::string> values;
+  for (const auto& p : status_bundle.find("entry")->items()[0].find("resource")->find("parameter")->items())
+    for (const auto& m : p.members())
+      if (m.name.starts_with("value") && m.val.is_string()) values[text(p.find("name"))] = m.val.text();
+  CHECK(values["type"] == "query-status");
+  CHECK(values["status"] == "active");
+  CHECK(values["events-since-subscription-start"] == "4");
+  CHECK(values["topic"] == "Patient");
+
+  auto events = call("GET", "/fhir/Subscription/" + sub_id + "/$events?eventsSinceNumber=2&eventsUntilNumber=3&content=full-resource");
+  REQUIRE(events.status == 200);
+  gateway::http_request fake;
+  fake.body = events.body;
+  notification n = read_notification(fake);
+  CHECK(n.type == "query-event");
+  CHECK(n.events == std::vector<std::int64_t>{2, 3});
+  CHECK(n.focus == std::vector<std::string>{"http://test.local/fhir/Patient/" + patients[1],
+                                            "http://test.local/fhir/Patient/" + patients[2]});
+  CHECK(text(n.bundle.find("entry")->items()[1].find("resource")->find("id")) == patients[1]);
+  CHECK(call("GET", "/fhir/Subscription/" + sub_id + "/$events?eventsSinceNumber=x").status == 400);
+  CHECK(call("GET", "/fhir/Subscription/nope/$status").status == 404);
+
+  // Status off stops notifying; deleting forgets the subscription.
+  fhir::value off = subscription("Patient", endpoint.url(), "id-only", "off");
+  off.set("id", fhir::value::make_string(sub_id));
+  REQUIRE(call("PUT", "/fhir/Subscription/" + sub_id, fhir::to_json(off)).status == 200);
+  gw.store.create(ctx, "Patient", patient("male"));
+  CHECK(call("GET", "/fhir/Subscription/" + sub_id + "/$status").body.find("\"off\"") != std::string::npos);
+  gw.dispatcher.start();
+  std::this_thread::sleep_for(300ms);
+  CHECK(endpoint.received().empty());
+}
+
+TEST_CASE("subscriptions: two gateways on one database never deliver one subscription concurrently") {
+  REQUIRE_DATABASE();
+  std::string url = test::fresh_database_url("subscription_two");
+  receiver endpoint;
+  endpoint.delay(15ms);
+  auto options = gateway_process::fast();
+  options.max_events_per_notification = 1;
+  options.threads = 3;
+  gateway_process a(url, options);
+  gateway_process b(url, options);
+  gateway::request_context ctx;
+  const std::vector<std::string> paths = {"/s1", "/s2", "/s3"};
+  for (const auto& p : paths) a.store.create(ctx, "Subscription", subscription("Observation", endpoint.url(p), "id-only", "active"));
+  a.dispatcher.start();
+  b.dispatcher.start();
+  for (int i = 0; i < 15; ++i) (i % 2 ? a : b).store.create(ctx, "Observation", observation("2823-3"));
+  for (const auto& p : paths)
+    REQUIRE_MESSAGE(eventually([&] { return delivered_in_order(endpoint.accepted(p), nullptr).size() == 15; }), p);
+  CHECK(endpoint.max_concurrent_per_path() == 1);
+  // Without failures every event went out exactly once.
+  for (const auto& p : paths) CHECK(endpoint.accepted(p).size() == 15);
+}
