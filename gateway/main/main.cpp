@@ -24,6 +24,7 @@
 #include "yilian/fhir/json.hpp"
 #include "yilian/fhir/validator.hpp"
 #include "yilian/fhir/xml.hpp"
+#include "yilian/gateway/bulk_data.hpp"
 #include "yilian/gateway/embedded_postgres.hpp"
 #include "yilian/gateway/fhir_api.hpp"
 #include "yilian/gateway/http_server.hpp"
@@ -251,6 +252,13 @@ int cmd_serve(const std::vector<std::string>& args) {
     gateway::metrics stats;
     gateway::fhir_api api(store, {.base_path = "/fhir", .base_url = s.base_url});
     gateway::add_subscription_operations(api, store);
+    gateway::bulk_export_options export_options;
+    export_options.max_file_bytes = s.export_file_limit;
+    export_options.expiry = s.export_expiry;
+    gateway::register_everything(api, store);
+    gateway::register_bulk_export(api, store, export_options);
+    gateway::register_bulk_import(api, store);
+    gateway::export_runner exports(url, export_options);
     gateway::gateway_service service(store, api, stats);
     gateway::worker_pool workers(s.workers);
     std::mutex log_mutex;
@@ -275,6 +283,7 @@ int cmd_serve(const std::vector<std::string>& args) {
                                 [&service](const gateway::http_request& r) { return service.handle(r); }, workers,
                                 observer);
     server.start();
+    exports.start();
     std::string host = s.listen_host.find(':') != std::string::npos ? "[" + s.listen_host + "]" : s.listen_host;
     std::string listen_url = "http://" + host + ":" + std::to_string(server.port()) + "/fhir";
     gateway::subscription_dispatcher_options notify_options;
@@ -291,6 +300,7 @@ int cmd_serve(const std::vector<std::string>& args) {
     server.stop();
     server.wait();
     notifier.stop();
+    exports.stop();
     workers.shutdown();
   }
   if (pg) {

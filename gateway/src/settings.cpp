@@ -91,6 +91,16 @@ const std::vector<setting_entry>& entries() {
          else if (v == "off" || v == "false" || v == "0") s.access_log = false;
          else throw std::invalid_argument("--access-log: expected on or off, got '" + v + "'");
        }},
+      {{"--export-file-limit", "YILIAN_EXPORT_FILE_LIMIT", "64M",
+        "Bulk $export: largest NDJSON file (K, M, G suffixes); a type with more data gets several files"},
+       [](settings& s, const std::string& v) {
+         s.export_file_limit = parse_size("--export-file-limit", v);
+         if (s.export_file_limit == 0) throw std::invalid_argument("--export-file-limit: must be more than 0");
+       }},
+      {{"--export-expiry", "YILIAN_EXPORT_EXPIRY_S", "3600", "Bulk $export: seconds a finished job and its files are kept"},
+       [](settings& s, const std::string& v) {
+         s.export_expiry = std::chrono::seconds(parse_number("--export-expiry", v, 365ull * 86'400));
+       }},
   };
   return table;
 }

@@ -24,6 +24,8 @@ struct settings {
   std::chrono::milliseconds idle_timeout{60'000};
   std::vector<std::string> load;   // FHIR files or folders to load (PUT by id) before listening
   bool access_log = true;
+  std::size_t export_file_limit = 64 * 1024 * 1024;  // bulk export: largest NDJSON file before a split
+  std::chrono::seconds export_expiry{3600};         // bulk export: jobs and files deleted after
 };
 
 struct setting_descriptor {
