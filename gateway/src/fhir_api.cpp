@@ -2,6 +2,9 @@
 #include "yilian/gateway/operation.hpp"
 #include "yilian/gateway/search.hpp"
 #include "search_index.hpp"
+#include "bundle_processor.hpp"
+
+#include <pqxx/except>
 
 #include <boost/url/parse.hpp>
 #include <boost/url/url_view.hpp>
@@ -329,6 +332,10 @@ struct fhir_api::impl {
     output_format out;
     request_context ctx;
     std::string base;  // public base URL
+    // Set when the call is one entry of a Bundle:
+    const value* parsed_body = nullptr;  // the entry's resource, already validated with the Bundle
+    std::string assigned_id;             // transaction POST: create under this id
+    mutable std::string last_updated;    // instant of the version written or read, for the entry response
   };
 
   const operation_definition* find_operation(std::string_view name, operation_level level,
@@ -406,6 +413,7 @@ struct fhir_api::impl {
 
   // A stored resource as the response body; the bytes go out untouched on the JSON fast path.
   http_response resource_response(int status, const call& c, const stored_resource& r) const {
+    c.last_updated = r.last_updated;
     http_response res;
     if (c.out.format == wire_format::json && !c.out.pretty) {
       res.status = status;
@@ -429,6 +437,7 @@ struct fhir_api::impl {
 
   // Create/update answer honouring Prefer: return=.
   http_response write_response(int status, const call& c, const stored_resource& r, std::string_view message) const {
+    c.last_updated = r.last_updated;
     http_response res;
     switch (parse_prefer_return(c.req)) {
       case prefer_return::representation:
@@ -482,9 +491,10 @@ struct fhir_api::impl {
 
   // Parses and validates the body as a resource of `type`.
   value incoming_resource(const call& c, std::string_view type) const {
-    value resource = parse_resource_body(c.req);
+    value resource = c.parsed_body ? *c.parsed_body : parse_resource_body(c.req);
     issue_list issues;
-    if (!fhir::validate_resource(resource, issues, {.check_required_bindings = true, .expected_type = type}, defs))
+    if (!c.parsed_body &&
+        !fhir::validate_resource(resource, issues, {.check_required_bindings = true, .expected_type = type}, defs))
       throw api_error{400, std::move(issues)};
     profiles::check_alliance_rules(resource, issues);
     if (issues.has_errors()) throw api_error{422, std::move(issues)};
@@ -540,6 +550,10 @@ struct fhir_api::impl {
     if (auto ine = c.req.header("If-None-Exist"); !ine.empty()) {
       conditions = criteria_from_query_text(ine);
       if (conditions->empty()) fail(400, issue_type::invalid, "If-None-Exist has no search criteria");
+    }
+    if (!c.assigned_id.empty()) {  // a transaction entry whose id was settled before any write
+      write_result w = store.update(c.ctx, type, c.assigned_id, std::move(resource), std::nullopt, "POST");
+      return write_response(201, c, w.resource, "Created " + type + "/" + w.resource.id);
     }
     write_result w = store.create(c.ctx, type, std::move(resource), conditions ? &*conditions : nullptr);
     if (w.unchanged) return write_response(200, c, w.resource, "A resource matching If-None-Exist already exists");
@@ -618,7 +632,7 @@ struct fhir_api::impl {
       issue_list parse_issues;
       if (!fhir::parse_json(c.req.body, patch_doc, parse_issues)) throw api_error{400, std::move(parse_issues)};
     } else {
-      patch_doc = parse_resource_body(c.req);
+      patch_doc = c.parsed_body ? *c.parsed_body : parse_resource_body(c.req);
       const value* rt = patch_doc.find("resourceType");
       if (!rt || rt->text() != "Parameters")
         fail(400, issue_type::invalid, "A FHIRPath Patch body must be a Parameters resource");
@@ -986,8 +1000,7 @@ struct fhir_api::impl {
 
     if (seg.empty()) {
       if (get) fail(400, issue_type::not_supported, "System-wide search arrives with the search capability; use /[type]");
-      if (m == "POST")
-        fail(405, issue_type::not_supported, "Transaction and batch Bundles are not supported by this version");
+      if (m == "POST") return bundle_interaction(c);
       method_not_allowed(c, "the base URL");
     }
     const std::string& first = seg[0];
@@ -1082,17 +1095,28 @@ struct fhir_api::impl {
   }
 
   http_response handle(const http_request& req) const {
-    static std::atomic<std::uint64_t> counter{0};
     call c{req, {}, {}, {}, {}};
-    try {
+    return guarded(c, [&] {
       c.base = base_url_for(req);
       c.target = parse_target(req.target, options.base_path);
       c.ctx.correlation_id = std::string(req.header("X-Request-Id"));
-      if (c.ctx.correlation_id.empty()) c.ctx.correlation_id = std::to_string(++counter);
+      if (c.ctx.correlation_id.empty()) c.ctx.correlation_id = std::to_string(++request_counter);
       c.out = negotiate_output(req, c.target);
       http_response res = route(c);
       if (req.method == "HEAD") res.body.clear();
       return res;
+    });
+  }
+
+  inline static std::atomic<std::uint64_t> request_counter{0};
+
+  // Runs `body` and turns every failure into an OperationOutcome response. Inside a transaction
+  // Bundle, write conflicts propagate so the whole Bundle is retried.
+  template <typename F>
+  http_response guarded(call& c, F&& body) const {
+    const http_request& req = c.req;
+    try {
+      return body();
     } catch (const api_error& e) {
       return outcome_response(c, e.status, e.issues);
     } catch (const fhir_failure& e) {
@@ -1114,14 +1138,76 @@ struct fhir_api::impl {
       issue_list issues;
       issues.error(type, e.what());
       return outcome_response(c, status, issues);
+    } catch (const pqxx::unique_violation&) {
+      if (c.ctx.transaction) throw;
+      return internal_error(c, "unique violation");
+    } catch (const pqxx::serialization_failure&) {
+      if (c.ctx.transaction) throw;
+      return internal_error(c, "serialization failure");
+    } catch (const pqxx::deadlock_detected&) {
+      if (c.ctx.transaction) throw;
+      return internal_error(c, "deadlock");
     } catch (const std::exception& e) {
-      std::string id = c.ctx.correlation_id.empty() ? std::to_string(++counter) : c.ctx.correlation_id;
-      std::cerr << "error [request " << id << "] " << req.method << " " << req.target << ": " << e.what() << "\n";
-      issue_list issues;
-      issues.add(fhir::severity::fatal, issue_type::exception,
-                 "Internal error while processing the request (correlation id " + id + "); the server log has details");
-      return outcome_response(c, 500, issues);
+      return internal_error(c, e.what());
     }
+  }
+
+  http_response internal_error(const call& c, const std::string& what) const {
+    std::string id = c.ctx.correlation_id.empty() ? std::to_string(++request_counter) : c.ctx.correlation_id;
+    std::cerr << "error [request " << id << "] " << c.req.method << " " << c.req.target << ": " << what << "\n";
+    issue_list issues;
+    issues.add(fhir::severity::fatal, issue_type::exception,
+               "Internal error while processing the request (correlation id " + id + "); the server log has details");
+    return outcome_response(c, 500, issues);
+  }
+
+  // --- transaction and batch Bundles ---------------------------------------------------------
+
+  http_response bundle_interaction(const call& c) const {
+    if (c.ctx.transaction) fail(400, issue_type::not_supported, "A Bundle entry cannot itself be a transaction or batch");
+    value bundle = parse_resource_body(c.req);
+    if (const value* rt = bundle.find("resourceType"); !rt || rt->text() != "Bundle")
+      fail(400, issue_type::invalid, "POST to the base URL takes a transaction or batch Bundle", "resourceType");
+    issue_list issues;
+    if (!fhir::validate_resource(bundle, issues, {.check_required_bindings = true, .expected_type = "Bundle"}, defs))
+      throw api_error{400, std::move(issues)};
+    detail::bundle_host host;
+    host.dispatch = [&](const detail::entry_call& ec) { return dispatch_entry(c, ec); };
+    host.find = [&](const request_context& ctx, const std::string& type, const std::string& query, std::size_t limit) {
+      if (!defs.is_resource_type(type))
+        throw fhir_failure(400, issue_type::invalid, "Unknown resource type '" + type + "' in conditional criteria");
+      auto criteria = criteria_from_query_text(query);
+      if (criteria.empty()) throw fhir_failure(400, issue_type::invalid, "Empty conditional criteria for " + type);
+      try {
+        return store.find_ids(ctx, type, criteria, limit);
+      } catch (const store_error& e) {
+        throw fhir_failure(400, issue_type::invalid, e.what());
+      }
+    };
+    detail::bundle_options bo;
+    bo.max_entries = options.max_bundle_entries;
+    bo.return_representation = parse_prefer_return(c.req) == prefer_return::representation &&
+                               !c.req.header("Prefer").empty();
+    return body_response(200, c, detail::process_bundle(store, c.ctx, std::move(bundle), host, bo));
+  }
+
+  // One Bundle entry through the same routing as a request of its own (JSON in and out).
+  detail::entry_reply dispatch_entry(const call& outer, const detail::entry_call& ec) const {
+    http_request sub;
+    sub.method = ec.method;
+    sub.target = options.base_path + "/" + ec.url;
+    sub.headers = ec.headers;
+    if (auto host = outer.req.header("Host"); !host.empty()) sub.headers.push_back({"Host", std::string(host)});
+    sub.body = ec.raw_body;
+    sub.remote_address = outer.req.remote_address;
+    call c{sub, {}, {wire_format::json, false}, *ec.context, outer.base};
+    c.parsed_body = ec.resource;
+    c.assigned_id = ec.assigned_id;
+    http_response res = guarded(c, [&] {
+      c.target = parse_target(sub.target, options.base_path);
+      return route(c);
+    });
+    return {std::move(res), std::move(c.last_updated)};
   }
 
   http_response outcome_response(const call& c, int status, const issue_list& issues) const {

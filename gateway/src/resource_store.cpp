@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <ctime>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <pqxx/pqxx>
 #include <random>
@@ -41,7 +42,9 @@ std::string now_instant() {
   return buf;
 }
 
-std::string new_id() {
+}  // namespace
+
+std::string new_resource_id() {
   unsigned char b[16];
   if (RAND_bytes(b, sizeof b) != 1) {
     std::random_device rd;
@@ -58,6 +61,8 @@ std::string new_id() {
   }
   return out;
 }
+
+namespace {
 
 std::string field(const pqxx::field& f) {
   return std::string(f.c_str(), f.size());
@@ -153,13 +158,126 @@ void prepare_all(pqxx::connection_base& c) {
   c.prepare("advisory_lock", "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))");
 }
 
+}  // namespace
+
 struct pending_event {
   stored_resource resource;
   std::optional<fhir::value> content;
   std::string compartment;
 };
 
-}  // namespace
+// The writes of one transaction that PostgreSQL has not seen yet. They go out together (one
+// statement per table, whatever their number) before the transaction's next read and before its
+// commit; the participants (search index, outbox) get them as one batch too.
+class write_buffer {
+ public:
+  write_buffer(pqxx::transaction_base& tx, const request_context& ctx,
+               const std::vector<std::shared_ptr<write_participant>>& participants, std::deque<pending_event>& written)
+      : tx_(tx), ctx_(ctx), participants_(participants), written_(written) {}
+
+  pqxx::transaction_base& tx() const noexcept { return tx_; }
+  const request_context& context() const noexcept { return ctx_; }
+
+  struct known_row {
+    std::int64_t version = 0;  // 0: the resource does not exist
+    bool deleted = false;
+    bool in_database = false;  // resource_current has a row for it (sent, or there before)
+  };
+  // What this transaction already knows of a resource (written or locked by it), or null.
+  known_row* known(const std::string& type, const std::string& id) {
+    auto it = known_.find({type, id});
+    return it == known_.end() ? nullptr : &it->second;
+  }
+  void remember(const std::string& type, const std::string& id, known_row row) { known_[{type, id}] = row; }
+
+  pending_event& add() { return pending_.emplace_back(); }
+
+  // Locks the current rows of many resources in one statement and remembers their versions, so
+  // writing them later needs no round trip each.
+  void lock(const std::vector<std::pair<std::string, std::string>>& resources) {
+    detail::array_rows keys("", {{"res_type", "text"}, {"res_id", "text"}});
+    for (const auto& [type, id] : resources)
+      if (!known(type, id)) {
+        keys.add({type, id});
+        remember(type, id, {});
+      }
+    if (keys.empty()) return;
+    auto rows = tx_.exec_params(
+        "SELECT res_type, res_id, version, deleted FROM resource_current WHERE tenant = $1 AND (res_type, res_id) IN "
+        "(SELECT * FROM unnest(" + keys.unnest_arguments() + ")) FOR UPDATE",
+        pqxx::prepare::make_dynamic_params(keys.parameters(ctx_.tenant)));
+    for (const auto& row : rows)
+      remember(row[0].c_str(), row[1].c_str(), {row[2].as<std::int64_t>(), row[3].as<bool>(), true});
+  }
+
+  void flush() {
+    if (pending_.empty()) return;
+    using cols = std::vector<std::pair<std::string, std::string>>;
+    const cols version_columns{{"res_type", "text"},     {"res_id", "text"},      {"version", "bigint"},
+                               {"last_updated", "timestamptz"}, {"deleted", "boolean"}, {"method", "text"},
+                               {"compartment", "text"},  {"body", "text"}};
+    const cols current_columns{{"res_type", "text"},    {"res_id", "text"},      {"version", "bigint"},
+                               {"last_updated", "timestamptz"}, {"deleted", "boolean"}, {"compartment", "text"},
+                               {"body", "text"}};
+    detail::array_rows versions("resource_version", version_columns);
+    detail::array_rows inserts("resource_current", current_columns);
+    detail::array_rows updates("resource_current", current_columns);
+    std::map<std::pair<std::string, std::string>, const pending_event*> latest;
+    for (const auto& e : pending_) {
+      const auto& r = e.resource;
+      std::string version = std::to_string(r.version);
+      std::optional<std::string_view> compartment;
+      if (!e.compartment.empty()) compartment = e.compartment;
+      versions.add({r.type, r.id, version, r.last_updated, r.deleted ? "t" : "f", r.method, compartment, r.json});
+      latest[{r.type, r.id}] = &e;
+    }
+    for (const auto& [key, e] : latest) {
+      const auto& r = e->resource;
+      known_row& k = known_[key];
+      std::optional<std::string_view> compartment;
+      if (!e->compartment.empty()) compartment = e->compartment;
+      (k.in_database ? updates : inserts)
+          .add({r.type, r.id, std::to_string(r.version), r.last_updated, r.deleted ? "t" : "f", compartment, r.json});
+      k.in_database = true;
+    }
+    versions.insert(tx_, ctx_.tenant);
+    inserts.insert(tx_, ctx_.tenant);
+    if (!updates.empty())
+      tx_.exec_params("UPDATE resource_current c SET version = u.version, last_updated = u.last_updated, "
+                      "deleted = u.deleted, compartment = u.compartment, body = u.body FROM unnest(" +
+                          updates.unnest_arguments() +
+                          ") AS u(res_type, res_id, version, last_updated, deleted, compartment, body) "
+                          "WHERE c.tenant = $1 AND c.res_type = u.res_type AND c.res_id = u.res_id",
+                      pqxx::prepare::make_dynamic_params(updates.parameters(ctx_.tenant)));
+    std::vector<write_event> events;
+    events.reserve(pending_.size());
+    for (const auto& e : pending_) events.push_back({&ctx_, &e.resource, e.content ? &*e.content : nullptr, e.compartment});
+    for (const auto& p : participants_) p->in_transaction_batch(tx_, events);
+    for (auto& e : pending_) written_.push_back(std::move(e));
+    pending_.clear();
+  }
+
+ private:
+  pqxx::transaction_base& tx_;
+  const request_context& ctx_;
+  const std::vector<std::shared_ptr<write_participant>>& participants_;
+  std::deque<pending_event>& written_;
+  std::deque<pending_event> pending_;
+  std::map<std::pair<std::string, std::string>, known_row> known_;
+};
+
+struct store_transaction::state {
+  resource_store::connection_lease lease;
+  std::unique_ptr<pqxx::work> tx;
+  std::vector<std::shared_ptr<write_participant>> participants;
+  request_context context;                // the unit's own copy (the buffer refers to it)
+  std::deque<pending_event> written;      // sent, waiting for after_commit
+  std::unique_ptr<write_buffer> buffer;
+  bool committed = false;
+};
+
+store_transaction::store_transaction(std::unique_ptr<state> s) : state_(std::move(s)) {}
+store_transaction::~store_transaction() = default;  // an uncommitted pqxx::work rolls back
 
 struct resource_store::impl {
   std::string url;
@@ -265,25 +383,28 @@ void resource_store::migrate() {
   tx.commit();
 }
 
+store_transaction::state* transaction_state(const request_context& ctx);
+
 namespace {
 
-// Runs `body(tx, events)` in a transaction on a pooled connection, retrying on unique
-// violations, serialisation failures and deadlocks; then the participants' after_commit.
+// Runs `body(buffer)` in a transaction on a pooled connection, retrying on unique violations,
+// serialisation failures and deadlocks; sends the buffered writes, commits, then runs the
+// participants' after_commit. Inside a caller's transaction (transaction Bundles) the writes join
+// its buffer, and a conflict propagates so the caller retries the whole unit.
 template <typename F>
 auto run_write(resource_store& store, const std::vector<std::shared_ptr<write_participant>>& participants,
                const request_context& ctx, F&& body) {
+  if (store_transaction::state* unit = transaction_state(ctx)) return body(*unit->buffer);
   for (int attempt = 1;; ++attempt) {
-    std::deque<pending_event> events;
+    std::deque<pending_event> written;
     auto lease = store.acquire();
     try {
       pqxx::work tx(*lease);
-      auto result = body(tx, events);
-      for (auto& e : events) {
-        write_event we{&ctx, &e.resource, e.content ? &*e.content : nullptr, e.compartment};
-        for (auto& p : participants) p->in_transaction(tx, we);
-      }
+      write_buffer buffer(tx, ctx, participants, written);
+      auto result = body(buffer);
+      buffer.flush();
       tx.commit();
-      for (auto& e : events) {
+      for (auto& e : written) {
         write_event we{&ctx, &e.resource, e.content ? &*e.content : nullptr, e.compartment};
         for (auto& p : participants) p->after_commit(we);
       }
@@ -303,14 +424,20 @@ auto run_write(resource_store& store, const std::vector<std::shared_ptr<write_pa
   }
 }
 
-// Runs a read-only `body(connection)`; a connection that broke since its last use (server
-// restart, idle timeout) is replaced and the read retried once.
+// Runs a read-only `body(tx)`; a connection that broke since its last use (server restart, idle
+// timeout) is replaced and the read retried once. Inside a caller's transaction the read joins it
+// and sees its writes (the buffer is sent first).
 template <typename F>
-auto run_read(resource_store& store, F&& body) {
+auto run_read(resource_store& store, const request_context& ctx, F&& body) {
+  if (store_transaction::state* unit = transaction_state(ctx)) {
+    unit->buffer->flush();
+    return body(static_cast<pqxx::transaction_base&>(*unit->tx));
+  }
   for (int attempt = 1;; ++attempt) {
     auto lease = store.acquire();
     try {
-      return body(*lease);
+      pqxx::nontransaction tx(*lease);  // single statements: no BEGIN/COMMIT round trips
+      return body(static_cast<pqxx::transaction_base&>(tx));
     } catch (const pqxx::broken_connection&) {
       lease->disconnect();
       if (attempt >= 2) throw;
@@ -318,35 +445,40 @@ auto run_read(resource_store& store, F&& body) {
   }
 }
 
-// Writes one new version (content = null: a deletion marker). Returns nullopt when deleting
-// something missing or already deleted.
-std::optional<stored_resource> write_version(pqxx::work& tx, std::deque<pending_event>& events,
-                                             const request_context& ctx, std::string_view type, const std::string& id,
+// Buffers one new version (content = null: a deletion marker). Returns nullopt when deleting
+// something missing or already deleted. The current row is locked (SELECT ... FOR UPDATE) unless
+// this transaction already knows the resource or the id is brand new.
+std::optional<stored_resource> write_version(write_buffer& buffer, std::string_view type, const std::string& id,
                                              const fhir::value* content, std::string_view method,
                                              std::optional<std::int64_t> if_match, bool* created,
                                              bool fresh_id = false) {
   const std::string e_type(type);
-  const std::string& e_id = id;
-  std::optional<std::int64_t> old_version;
-  bool old_deleted = false;
-  if (!fresh_id) {  // a new random id has no current row to lock
-    auto cur = tx.exec_prepared("current_for_update", ctx.tenant, e_type, e_id);
+  const request_context& ctx = buffer.context();
+  write_buffer::known_row old;
+  bool exists = false;
+  if (auto* k = buffer.known(e_type, id)) {
+    old = *k;
+    exists = k->version > 0;
+  } else if (!fresh_id) {
+    auto cur = buffer.tx().exec_prepared("current_for_update", ctx.tenant, e_type, id);
     if (!cur.empty()) {
-      old_version = cur[0][0].as<std::int64_t>();
-      old_deleted = cur[0][1].as<bool>();
+      old.version = cur[0][0].as<std::int64_t>();
+      old.deleted = cur[0][1].as<bool>();
+      old.in_database = true;
+      exists = true;
     }
   }
-  if (if_match && (!old_version || *old_version != *if_match))
+  if (if_match && (!exists || old.version != *if_match))
     throw store_error(store_error_kind::version_conflict,
                       "If-Match version " + std::to_string(*if_match) + " does not match the current version " +
-                          (old_version ? std::to_string(*old_version) : std::string("(none)")) + " of " +
+                          (exists ? std::to_string(old.version) : std::string("(none)")) + " of " +
                           std::string(type) + "/" + id);
-  if (!content && (!old_version || old_deleted)) return std::nullopt;
+  if (!content && (!exists || old.deleted)) return std::nullopt;
 
-  pending_event& e = events.emplace_back();
-  e.resource.type = std::string(type);
+  pending_event& e = buffer.add();
+  e.resource.type = e_type;
   e.resource.id = id;
-  e.resource.version = old_version ? *old_version + 1 : 1;
+  e.resource.version = exists ? old.version + 1 : 1;
   e.resource.last_updated = now_instant();
   e.resource.deleted = content == nullptr;
   e.resource.method = std::string(method);
@@ -356,12 +488,8 @@ std::optional<stored_resource> write_version(pqxx::work& tx, std::deque<pending_
     e.resource.json = fhir::to_json(*e.content);
   }
   e.compartment = compartment_of(type, id, content);
-  if (created) *created = !old_version || old_deleted;
-  const char* compartment = e.compartment.empty() ? nullptr : e.compartment.c_str();
-  tx.exec_prepared("insert_version", ctx.tenant, e_type, e_id, e.resource.version, e.resource.last_updated,
-                   e.resource.deleted, e.resource.method, compartment, e.resource.json);
-  tx.exec_prepared(old_version ? "update_current" : "insert_current", ctx.tenant, e_type, e_id, e.resource.version,
-                   e.resource.last_updated, e.resource.deleted, compartment, e.resource.json);
+  if (created) *created = !exists || old.deleted;
+  buffer.remember(e_type, id, {e.resource.version, e.resource.deleted, old.in_database});
   return e.resource;
 }
 
@@ -400,8 +528,7 @@ std::string body_id(const fhir::value& resource) {
 std::optional<stored_resource> resource_store::read(const request_context& ctx, std::string_view type,
                                                     std::string_view id) {
   const std::string e_type(type), e_id(id);
-  return run_read(*this, [&](pqxx::connection_base& c) -> std::optional<stored_resource> {
-    pqxx::nontransaction tx(c);  // one statement: no BEGIN/COMMIT round trips
+  return run_read(*this, ctx, [&](pqxx::transaction_base& tx) -> std::optional<stored_resource> {
     auto r = tx.exec_prepared("read", ctx.tenant, e_type, e_id);
     if (r.empty()) return std::nullopt;
     stored_resource s;
@@ -418,8 +545,7 @@ std::optional<stored_resource> resource_store::read(const request_context& ctx, 
 std::optional<stored_resource> resource_store::vread(const request_context& ctx, std::string_view type,
                                                      std::string_view id, std::int64_t version) {
   const std::string e_type(type), e_id(id);
-  return run_read(*this, [&](pqxx::connection_base& c) -> std::optional<stored_resource> {
-    pqxx::nontransaction tx(c);
+  return run_read(*this, ctx, [&](pqxx::transaction_base& tx) -> std::optional<stored_resource> {
     auto r = tx.exec_prepared("vread", ctx.tenant, e_type, e_id, version);
     if (r.empty()) return std::nullopt;
     stored_resource s;
@@ -437,16 +563,17 @@ std::optional<stored_resource> resource_store::vread(const request_context& ctx,
 write_result resource_store::create(const request_context& ctx, std::string_view type, fhir::value resource,
                                     const std::vector<criterion>* if_none_exist) {
   if (if_none_exist) check_criteria(ctx, type, *if_none_exist);
-  return run_write(*this, impl_->participants_copy(), ctx, [&](pqxx::work& tx, std::deque<pending_event>& events) {
+  return run_write(*this, impl_->participants_copy(), ctx, [&](write_buffer& buffer) {
     write_result w;
     if (if_none_exist) {
-      lock_criteria(tx, ctx, type, *if_none_exist);
-      auto ids = find_ids_tx(tx, ctx, type, *if_none_exist, 2);
+      buffer.flush();  // the criteria must see this transaction's earlier writes
+      lock_criteria(buffer.tx(), ctx, type, *if_none_exist);
+      auto ids = find_ids_tx(buffer.tx(), ctx, type, *if_none_exist, 2);
       if (ids.size() > 1)
         throw store_error(store_error_kind::multiple_matches,
                           "If-None-Exist matched more than one " + std::string(type));
       if (ids.size() == 1) {
-        auto r = tx.exec_prepared("read", ctx.tenant, std::string(type), ids[0]);
+        auto r = buffer.tx().exec_prepared("read", ctx.tenant, std::string(type), ids[0]);
         w.resource.type = std::string(type);
         w.resource.id = ids[0];
         w.resource.version = r[0][0].as<std::int64_t>();
@@ -456,7 +583,7 @@ write_result resource_store::create(const request_context& ctx, std::string_view
         return w;
       }
     }
-    w.resource = *write_version(tx, events, ctx, type, new_id(), &resource, "POST", std::nullopt, nullptr,
+    w.resource = *write_version(buffer, type, new_resource_id(), &resource, "POST", std::nullopt, nullptr,
                                 /*fresh_id=*/true);
     w.created = true;
     return w;
@@ -467,9 +594,9 @@ write_result resource_store::update(const request_context& ctx, std::string_view
                                     fhir::value resource, std::optional<std::int64_t> if_match,
                                     std::string_view method) {
   std::string rid(id);
-  return run_write(*this, impl_->participants_copy(), ctx, [&](pqxx::work& tx, std::deque<pending_event>& events) {
+  return run_write(*this, impl_->participants_copy(), ctx, [&](write_buffer& buffer) {
     write_result w;
-    w.resource = *write_version(tx, events, ctx, type, rid, &resource, method, if_match, &w.created);
+    w.resource = *write_version(buffer, type, rid, &resource, method, if_match, &w.created);
     return w;
   });
 }
@@ -477,24 +604,25 @@ write_result resource_store::update(const request_context& ctx, std::string_view
 write_result resource_store::conditional_update(const request_context& ctx, std::string_view type,
                                                 const std::vector<criterion>& criteria, fhir::value resource) {
   check_criteria(ctx, type, criteria);
-  return run_write(*this, impl_->participants_copy(), ctx, [&](pqxx::work& tx, std::deque<pending_event>& events) {
-    lock_criteria(tx, ctx, type, criteria);
-    auto ids = find_ids_tx(tx, ctx, type, criteria, 2);
+  return run_write(*this, impl_->participants_copy(), ctx, [&](write_buffer& buffer) {
+    buffer.flush();  // the criteria must see this transaction's earlier writes
+    lock_criteria(buffer.tx(), ctx, type, criteria);
+    auto ids = find_ids_tx(buffer.tx(), ctx, type, criteria, 2);
     if (ids.size() > 1)
       throw store_error(store_error_kind::multiple_matches,
                         "The conditional update criteria matched more than one " + std::string(type));
     std::string given = body_id(resource);
     write_result w;
     if (ids.empty()) {
-      std::string id = given.empty() ? new_id() : given;
-      w.resource = *write_version(tx, events, ctx, type, id, &resource, "PUT", std::nullopt, &w.created);
+      std::string id = given.empty() ? new_resource_id() : given;
+      w.resource = *write_version(buffer, type, id, &resource, "PUT", std::nullopt, &w.created);
       return w;
     }
     if (!given.empty() && given != ids[0])
       throw store_error(
           store_error_kind::invalid_criteria,
           "The resource id '" + given + "' differs from the matched resource " + std::string(type) + "/" + ids[0]);
-    w.resource = *write_version(tx, events, ctx, type, ids[0], &resource, "PUT", std::nullopt, &w.created);
+    w.resource = *write_version(buffer, type, ids[0], &resource, "PUT", std::nullopt, &w.created);
     return w;
   });
 }
@@ -502,8 +630,8 @@ write_result resource_store::conditional_update(const request_context& ctx, std:
 std::optional<stored_resource> resource_store::remove(const request_context& ctx, std::string_view type,
                                                       std::string_view id, std::optional<std::int64_t> if_match) {
   std::string rid(id);
-  return run_write(*this, impl_->participants_copy(), ctx, [&](pqxx::work& tx, std::deque<pending_event>& events) {
-    return write_version(tx, events, ctx, type, rid, nullptr, "DELETE", if_match, nullptr);
+  return run_write(*this, impl_->participants_copy(), ctx, [&](write_buffer& buffer) {
+    return write_version(buffer, type, rid, nullptr, "DELETE", if_match, nullptr);
   });
 }
 
@@ -511,15 +639,16 @@ std::vector<stored_resource> resource_store::conditional_remove(const request_co
                                                                 const std::vector<criterion>& criteria,
                                                                 bool allow_multiple) {
   check_criteria(ctx, type, criteria);
-  return run_write(*this, impl_->participants_copy(), ctx, [&](pqxx::work& tx, std::deque<pending_event>& events) {
-    lock_criteria(tx, ctx, type, criteria);
-    auto ids = find_ids_tx(tx, ctx, type, criteria, allow_multiple ? 1000000 : 2);
+  return run_write(*this, impl_->participants_copy(), ctx, [&](write_buffer& buffer) {
+    buffer.flush();  // the criteria must see this transaction's earlier writes
+    lock_criteria(buffer.tx(), ctx, type, criteria);
+    auto ids = find_ids_tx(buffer.tx(), ctx, type, criteria, allow_multiple ? 1000000 : 2);
     if (!allow_multiple && ids.size() > 1)
       throw store_error(store_error_kind::multiple_matches,
                         "The conditional delete criteria matched more than one " + std::string(type));
     std::vector<stored_resource> out;
     for (const auto& id : ids)
-      if (auto r = write_version(tx, events, ctx, type, id, nullptr, "DELETE", std::nullopt, nullptr))
+      if (auto r = write_version(buffer, type, id, nullptr, "DELETE", std::nullopt, nullptr))
         out.push_back(std::move(*r));
     return out;
   });
@@ -527,8 +656,7 @@ std::vector<stored_resource> resource_store::conditional_remove(const request_co
 
 std::vector<std::string> resource_store::find_ids(const request_context& ctx, std::string_view type,
                                                   const std::vector<criterion>& criteria, std::size_t limit) {
-  return run_read(*this, [&](pqxx::connection_base& c) {
-    pqxx::nontransaction tx(c);
+  return run_read(*this, ctx, [&](pqxx::transaction_base& tx) {
     return find_ids_tx(tx, ctx, type, criteria, limit);
   });
 }
@@ -548,8 +676,7 @@ history_page resource_store::history(const request_context& ctx, const history_q
     params.push_back(since_value(*query.since));
     where += " AND last_updated >= $" + std::to_string(params.size()) + "::timestamptz";
   }
-  return run_read(*this, [&](pqxx::connection_base& c) {
-    pqxx::read_transaction tx(c);
+  return run_read(*this, ctx, [&](pqxx::transaction_base& tx) {
     history_page page;
     page.total = tx.exec_params("SELECT count(*) FROM resource_version" + where,
                                 pqxx::prepare::make_dynamic_params(params))[0][0]
@@ -574,6 +701,72 @@ history_page resource_store::history(const request_context& ctx, const history_q
       page.entries.push_back(std::move(s));
     }
     return page;
+  });
+}
+
+store_transaction::state* transaction_state(const request_context& ctx) {
+  return ctx.transaction ? ctx.transaction->get() : nullptr;
+}
+
+std::unique_ptr<store_transaction> resource_store::begin(const request_context& ctx) {
+  if (ctx.transaction) throw std::logic_error("a store transaction is already open for this request");
+  auto st = std::make_unique<store_transaction::state>(
+      store_transaction::state{acquire(), nullptr, impl_->participants_copy(), ctx, {}, nullptr, false});
+  st->context.transaction = nullptr;
+  st->tx = std::make_unique<pqxx::work>(*st->lease);
+  st->buffer = std::make_unique<write_buffer>(*st->tx, st->context, st->participants, st->written);
+  return std::make_unique<store_transaction>(std::move(st));
+}
+
+void resource_store::commit(store_transaction& transaction) {
+  auto& st = *transaction.get();
+  if (st.committed) throw std::logic_error("store transaction committed twice");
+  st.buffer->flush();
+  st.tx->commit();
+  st.committed = true;
+  for (auto& e : st.written) {
+    write_event we{&st.context, &e.resource, e.content ? &*e.content : nullptr, e.compartment};
+    for (auto& p : st.participants) p->after_commit(we);
+  }
+  st.written.clear();
+}
+
+void resource_store::read_with(const request_context& ctx, const std::function<void(pqxx::transaction_base&)>& body) {
+  if (store_transaction::state* unit = transaction_state(ctx)) {
+    unit->buffer->flush();
+    return body(*unit->tx);
+  }
+  for (int attempt = 1;; ++attempt) {
+    auto lease = acquire();
+    try {
+      pqxx::read_transaction tx(*lease);
+      body(tx);
+      return;
+    } catch (const pqxx::broken_connection&) {
+      lease->disconnect();
+      if (attempt >= 2) throw;
+    }
+  }
+}
+
+void resource_store::lock_for_write(const request_context& ctx,
+                                    const std::vector<std::pair<std::string, std::string>>& resources) {
+  store_transaction::state* unit = transaction_state(ctx);
+  if (!unit) throw std::logic_error("lock_for_write needs an open store transaction");
+  unit->buffer->lock(resources);
+}
+
+std::vector<stored_resource> resource_store::put_all(const request_context& ctx, std::vector<batch_item> items) {
+  return run_write(*this, impl_->participants_copy(), ctx, [&](write_buffer& buffer) {
+    std::vector<stored_resource> out;
+    out.reserve(items.size());
+    std::vector<std::pair<std::string, std::string>> keys;
+    keys.reserve(items.size());
+    for (const auto& item : items) keys.emplace_back(item.type, item.id);
+    buffer.lock(keys);
+    for (auto& item : items)
+      out.push_back(*write_version(buffer, item.type, item.id, &item.resource, "PUT", std::nullopt, nullptr));
+    return out;
   });
 }
 

@@ -768,9 +768,8 @@ search_result run_search(resource_store& store, const request_context& ctx, std:
   std::vector<std::string> count_params(b.params.values.begin(),
                                         b.params.values.begin() + static_cast<std::ptrdiff_t>(b.filter_params));
   std::string sql = page_sql(b, q);
-  auto lease = store.acquire();
-  pqxx::read_transaction tx(*lease);
   search_result result;
+  store.read_with(ctx, [&](pqxx::transaction_base& tx) {
   if (q.count > 0) {
     auto rows = tx.exec_params(sql, pqxx::prepare::make_dynamic_params(b.params.values));
     bool backward = !q.cursor.empty() && decode_cursor(q.cursor, b.sort.size()).backward;
@@ -808,6 +807,7 @@ search_result run_search(resource_store& store, const request_context& ctx, std:
     if (at != std::string::npos) result.total = std::strtoll(line.c_str() + at + 5, nullptr, 10);
   }
   if (!q.includes.empty() || !q.revincludes.empty()) add_includes(tx, ctx, q, result.matches, result.included);
+  });
   return result;
 }
 

@@ -657,116 +657,69 @@ index_rows extract_index_rows(const fhir::definitions& defs, const fhir::value& 
 // ---------------------------------------------------------------------------------------------
 // Writing
 
-namespace {
-
-constexpr std::size_t max_bind_parameters = 60000;  // PostgreSQL allows 65535 per statement
-
-// Collects rows of one table into multi-row INSERT statements, flushed before the bind-parameter
-// limit. Every value is a bound parameter; $1..$3 are tenant, res_type, res_id.
-class bulk_insert {
- public:
-  bulk_insert(pqxx::transaction_base& tx, const std::string& tenant, const std::string& type, const std::string& id,
-              std::string table, std::string columns, std::string casts)
-      : tx_(tx), tenant_(tenant), type_(type), id_(id), table_(std::move(table)), columns_(std::move(columns)) {
-    std::size_t start = 0;
-    while (start <= casts.size()) {
-      auto comma = casts.find(',', start);
-      if (comma == std::string::npos) comma = casts.size();
-      casts_.push_back(casts.substr(start, comma - start));
-      start = comma + 1;
-    }
-  }
-
-  void row(std::initializer_list<const std::optional<std::string>*> values) {
-    if (params_.size() + values.size() > max_bind_parameters) flush();
-    if (params_.empty()) {
-      params_ = {tenant_, type_, id_};
-      sql_ = "INSERT INTO " + table_ + " (tenant, res_type, res_id, " + columns_ + ") VALUES ";
-      rows_ = 0;
-    }
-    sql_ += rows_++ ? ", ($1, $2, $3" : "($1, $2, $3";
-    std::size_t k = 0;
-    for (const auto* v : values) {
-      params_.push_back(*v);
-      sql_ += ", $" + std::to_string(params_.size()) + casts_[k++];
-    }
-    sql_ += ")";
-  }
-
-  void flush() {
-    if (rows_ == 0) return;
-    tx_.exec_params(sql_, pqxx::prepare::make_dynamic_params(params_));
-    params_.clear();
-    rows_ = 0;
-  }
-
- private:
-  pqxx::transaction_base& tx_;
-  const std::string &tenant_, &type_, &id_;
-  std::string table_, columns_;
-  std::vector<std::string> casts_;
-  std::vector<std::optional<std::string>> params_;
-  std::string sql_;
-  std::size_t rows_ = 0;
-};
-
-using opt = std::optional<std::string>;
-
-}  // namespace
-
 void search_indexer::in_transaction(pqxx::transaction_base& tx, const write_event& event) {
-  const std::string& tenant = event.context->tenant;
-  const stored_resource& r = *event.resource;
-  if (r.version > 1)
-    tx.exec_prepared("index_delete_all", tenant, r.type, r.id);
-  if (!event.content || r.deleted) return;
-  index_rows rows = extract_index_rows(defs_, *event.content);
+  in_transaction_batch(tx, std::vector<write_event>{event});
+}
 
-  bulk_insert strings(tx, tenant, r.type, r.id, "index_string", "param, grp, norm, exact", ",::int,,");
-  for (const auto& s : rows.strings) {
-    opt a = s.param, b = std::to_string(s.group), c = s.norm, d = s.exact;
-    strings.row({&a, &b, &c, &d});
+void search_indexer::in_transaction_batch(pqxx::transaction_base& tx, const std::vector<write_event>& events) {
+  if (events.empty()) return;
+  const std::string& tenant = events.front().context->tenant;
+  using cols = std::vector<std::pair<std::string, std::string>>;
+  // Versions after the first replace their predecessor's rows.
+  array_rows replaced("", cols{{"res_type", "text"}, {"res_id", "text"}});
+  for (const auto& e : events)
+    if (e.resource->version > 1) replaced.add({e.resource->type, e.resource->id});
+  if (!replaced.empty()) {
+    std::string owners = "(res_type, res_id) IN (SELECT * FROM unnest(" + replaced.unnest_arguments() + "))";
+    std::string sql;
+    const char* tables[] = {"index_string", "index_token", "index_reference", "index_date",
+                            "index_number", "index_quantity", "index_uri"};
+    for (std::size_t i = 0; i + 1 < std::size(tables); ++i)
+      sql += std::string(i ? ", " : "WITH ") + "d" + std::to_string(i) + " AS (DELETE FROM " + tables[i] +
+             " WHERE tenant = $1 AND " + owners + ")";
+    sql += " DELETE FROM index_uri WHERE tenant = $1 AND " + owners;
+    tx.exec_params(sql, pqxx::prepare::make_dynamic_params(replaced.parameters(tenant)));
   }
-  strings.flush();
-  bulk_insert tokens(tx, tenant, r.type, r.id, "index_token", "param, grp, system, code, text_norm", ",::int,,,");
-  for (const auto& t : rows.tokens) {
-    opt a = t.param, b = std::to_string(t.group), c = t.system, d = t.code, e = t.text_norm;
-    tokens.row({&a, &b, &c, &d, &e});
+
+  const cols owner{{"res_type", "text"}, {"res_id", "text"}, {"param", "text"}, {"grp", "int"}};
+  auto with_owner = [&](cols more) {
+    cols all = owner;
+    all.insert(all.end(), more.begin(), more.end());
+    return all;
+  };
+  array_rows strings("index_string", with_owner({{"norm", "text"}, {"exact", "text"}}));
+  array_rows tokens("index_token", with_owner({{"system", "text"}, {"code", "text"}, {"text_norm", "text"}}));
+  array_rows refs("index_reference",
+                  with_owner({{"target_type", "text"}, {"target_id", "text"}, {"url", "text"}, {"version", "text"}}));
+  array_rows dates("index_date", with_owner({{"low", "timestamptz"}, {"high", "timestamptz"}}));
+  array_rows numbers("index_number", with_owner({{"value", "numeric"}}));
+  array_rows quantities("index_quantity", with_owner({{"value", "numeric"},
+                                                      {"system", "text"},
+                                                      {"code", "text"},
+                                                      {"canonical_value", "numeric"},
+                                                      {"canonical_code", "text"}}));
+  array_rows uris("index_uri", with_owner({{"uri", "text"}}));
+  auto opt = [](const std::optional<std::string>& v) -> std::optional<std::string_view> {
+    return v ? std::optional<std::string_view>(*v) : std::nullopt;
+  };
+  for (const auto& e : events) {
+    if (!e.content || e.resource->deleted) continue;
+    const std::string& type = e.resource->type;
+    const std::string& id = e.resource->id;
+    index_rows rows = extract_index_rows(defs_, *e.content);
+    for (const auto& r : rows.strings) strings.add({type, id, r.param, std::to_string(r.group), r.norm, r.exact});
+    for (const auto& r : rows.tokens)
+      tokens.add({type, id, r.param, std::to_string(r.group), r.system, r.code, r.text_norm});
+    for (const auto& r : rows.references)
+      refs.add({type, id, r.param, std::to_string(r.group), r.target_type, r.target_id, r.url, r.version});
+    for (const auto& r : rows.dates) dates.add({type, id, r.param, std::to_string(r.group), r.low, r.high});
+    for (const auto& r : rows.numbers) numbers.add({type, id, r.param, std::to_string(r.group), r.value});
+    for (const auto& r : rows.quantities)
+      quantities.add({type, id, r.param, std::to_string(r.group), r.value, r.system, r.code, opt(r.canonical_value),
+                      opt(r.canonical_code)});
+    for (const auto& r : rows.uris) uris.add({type, id, r.param, std::to_string(r.group), r.uri});
   }
-  tokens.flush();
-  bulk_insert refs(tx, tenant, r.type, r.id, "index_reference", "param, grp, target_type, target_id, url, version",
-                   ",::int,,,,");
-  for (const auto& x : rows.references) {
-    opt a = x.param, b = std::to_string(x.group), c = x.target_type, d = x.target_id, e = x.url, f = x.version;
-    refs.row({&a, &b, &c, &d, &e, &f});
-  }
-  refs.flush();
-  bulk_insert dates(tx, tenant, r.type, r.id, "index_date", "param, grp, low, high", ",::int,::timestamptz,::timestamptz");
-  for (const auto& d : rows.dates) {
-    opt a = d.param, b = std::to_string(d.group), c = d.low, e = d.high;
-    dates.row({&a, &b, &c, &e});
-  }
-  dates.flush();
-  bulk_insert numbers(tx, tenant, r.type, r.id, "index_number", "param, grp, value", ",::int,::numeric");
-  for (const auto& n : rows.numbers) {
-    opt a = n.param, b = std::to_string(n.group), c = n.value;
-    numbers.row({&a, &b, &c});
-  }
-  numbers.flush();
-  bulk_insert quantities(tx, tenant, r.type, r.id, "index_quantity",
-                         "param, grp, value, system, code, canonical_value, canonical_code",
-                         ",::int,::numeric,,,::numeric,");
-  for (const auto& q : rows.quantities) {
-    opt a = q.param, b = std::to_string(q.group), c = q.value, d = q.system, e = q.code;
-    quantities.row({&a, &b, &c, &d, &e, &q.canonical_value, &q.canonical_code});
-  }
-  quantities.flush();
-  bulk_insert uris(tx, tenant, r.type, r.id, "index_uri", "param, grp, uri", ",::int,");
-  for (const auto& u : rows.uris) {
-    opt a = u.param, b = std::to_string(u.group), c = u.uri;
-    uris.row({&a, &b, &c});
-  }
-  uris.flush();
+  for (const auto* table : {&strings, &tokens, &refs, &dates, &numbers, &quantities, &uris}) table->insert(tx, tenant);
 }
 
 std::shared_ptr<write_participant> make_search_indexer() {

@@ -109,12 +109,13 @@ struct date_range {
 };
 std::optional<date_range> fhir_date_range(std::string_view value);
 
-// Writes the index rows of each committed version (deleting the previous version's rows), one
-// statement per write: a CTE deletes old rows and inserts every table's rows together.
+// Writes the index rows of each committed version (deleting the previous version's rows). A batch
+// of writes costs one DELETE and one INSERT per index table, whatever the number of resources.
 class search_indexer : public write_participant {
  public:
   explicit search_indexer(const fhir::definitions& defs = fhir::definitions::r4()) : defs_(defs) {}
   void in_transaction(pqxx::transaction_base& tx, const write_event& event) override;
+  void in_transaction_batch(pqxx::transaction_base& tx, const std::vector<write_event>& events) override;
 
  private:
   const fhir::definitions& defs_;

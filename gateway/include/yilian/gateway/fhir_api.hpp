@@ -19,6 +19,7 @@ struct fhir_api_options {
   std::string base_url;             // public base URL; empty = "http://" + Host + base_path
   std::size_t default_page_size = 50;
   std::size_t max_page_size = 1000;
+  std::size_t max_bundle_entries = 20000;  // transaction/batch Bundles with more entries: 413
   std::string software_version = "0.1.0";
 };
 

@@ -21,10 +21,15 @@
 
 namespace yilian::gateway {
 
+class store_transaction;  // one PostgreSQL transaction shared by several interactions
+
 // Who is asking, for partitioning and audit. Filled from the request (later: from the token).
 struct request_context {
   std::string tenant = "default";
   std::string correlation_id;
+  // Set while a transaction Bundle is processed: every read and write made with this context
+  // joins that one PostgreSQL transaction (see resource_store::begin).
+  store_transaction* transaction = nullptr;
 };
 
 struct stored_resource {
@@ -76,6 +81,11 @@ class write_participant {
   virtual ~write_participant() = default;
   // Inside the write's transaction: add rows that must commit with it (index rows, outbox).
   virtual void in_transaction(pqxx::transaction_base& tx, const write_event& event) = 0;
+  // The same for several writes at once (bulk loads, transaction Bundles); override it to write
+  // the rows of all of them in a few statements. Events are in write order.
+  virtual void in_transaction_batch(pqxx::transaction_base& tx, const std::vector<write_event>& events) {
+    for (const auto& e : events) in_transaction(tx, e);
+  }
   // After the commit succeeded (notify, metrics). Must not throw.
   virtual void after_commit(const write_event&) noexcept {}
 };
@@ -93,10 +103,35 @@ struct history_page {
   std::int64_t total = 0;
 };
 
+// One resource of a bulk write (put_all): stored under its own id, created or updated.
+struct batch_item {
+  std::string type;
+  std::string id;
+  fhir::value resource;
+};
+
 struct write_result {
   stored_resource resource;
   bool created = false;   // 201 vs 200
   bool unchanged = false; // conditional create matched an existing resource (nothing written)
+};
+
+// A new random resource id (UUID v4 text), as the store assigns on create.
+std::string new_resource_id();
+
+// A transaction in progress (opaque; see resource_store::begin).
+class store_transaction {
+ public:
+  ~store_transaction();
+  store_transaction(const store_transaction&) = delete;
+  store_transaction& operator=(const store_transaction&) = delete;
+
+  struct state;  // defined by the store
+  explicit store_transaction(std::unique_ptr<state> s);
+  state* get() const noexcept { return state_.get(); }
+
+ private:
+  std::unique_ptr<state> state_;
 };
 
 class resource_store {
@@ -141,6 +176,24 @@ class resource_store {
                                     const std::vector<criterion>& criteria, std::size_t limit = 2);
 
   history_page history(const request_context& ctx, const history_query& query);
+
+  // Writes every item (create or update by id, method PUT) in one transaction: all or nothing.
+  // For bulk loads (NDJSON import, HIS back-fills): far fewer round trips than one request each.
+  std::vector<stored_resource> put_all(const request_context& ctx, std::vector<batch_item> items);
+
+  // Opens a transaction that every read and write made with a context whose `transaction` points
+  // at it joins (transaction Bundles). commit() makes it durable and then runs the participants'
+  // after_commit; destroying it uncommitted rolls everything back. Calls with such a context are
+  // never retried one by one: on a conflict the caller retries the whole unit.
+  std::unique_ptr<store_transaction> begin(const request_context& ctx);
+  void commit(store_transaction& transaction);
+  // Inside an open transaction: locks the named resources' current rows in one statement, so
+  // the writes that follow need no round trip each (transaction Bundles of many PUTs).
+  void lock_for_write(const request_context& ctx, const std::vector<std::pair<std::string, std::string>>& resources);
+
+  // Runs `body` inside the context's open transaction, or else in a read-only transaction on a
+  // pooled connection (search, $everything: reads that must see a transaction's own writes).
+  void read_with(const request_context& ctx, const std::function<void(pqxx::transaction_base&)>& body);
 
   // Connection for code that needs SQL of its own (health checks, later: search). Blocks until
   // one is free.
