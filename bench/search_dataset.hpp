@@ -248,7 +248,7 @@ inline patient_facts patient_facts_of(const dataset_config& config, std::size_t 
   std::snprintf(seq, sizeof seq, "%03zu", sequence);
   std::string first17 = std::string(regions[p.region].code) + format_date(birth, true) + seq;
   p.national_id = first17 + profiles::national_id_check_digit(first17);
-  char outpatient[16];
+  char outpatient[24];  // room for any size_t: no truncation warning
   std::snprintf(outpatient, sizeof outpatient, "MZ%08zu", i);
   p.outpatient_number = outpatient;
   p.hospital = r.below(hospitals.size());

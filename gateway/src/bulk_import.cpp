@@ -67,14 +67,25 @@ void ndjson_importer::add_line(std::string_view line, std::string where) {
 
 void ndjson_importer::finish() { write_chunk(); }
 
+// One transaction for the chunk (put_all); when it fails, the lines are written one by one so
+// that only the failing ones are rejected.
 void ndjson_importer::write_chunk() {
-  for (auto& line : pending_) {
-    try {
-      auto result = store_.update(context_, line.type, line.id, std::move(line.resource));
-      ++(result.created ? report_.created : report_.updated);
-    } catch (const std::exception& e) {
-      ++report_.rejected;
-      report_.issues.error(issue_type::processing, line.type + "/" + line.id + ": " + e.what(), line.where);
+  if (pending_.empty()) return;
+  std::vector<batch_item> items;
+  items.reserve(pending_.size());
+  for (const auto& line : pending_) items.push_back({line.type, line.id, line.resource});
+  try {
+    for (const auto& written : store_.put_all(context_, std::move(items)))
+      ++(written.version == 1 ? report_.created : report_.updated);
+  } catch (const std::exception&) {
+    for (auto& line : pending_) {
+      try {
+        auto result = store_.update(context_, line.type, line.id, std::move(line.resource));
+        ++(result.created ? report_.created : report_.updated);
+      } catch (const std::exception& e) {
+        ++report_.rejected;
+        report_.issues.error(issue_type::processing, line.type + "/" + line.id + ": " + e.what(), line.where);
+      }
     }
   }
   pending_.clear();

@@ -92,13 +92,13 @@ class export_runner {
 };
 
 struct bulk_import_options {
-  std::size_t chunk_lines = 500;  // lines validated and written per database transaction
+  std::size_t chunk_lines = 500;  // lines written per database transaction (resource_store::put_all)
 };
 
 // Outcome of a bulk load: per-line errors (location "line N", file-prefixed for files) and counts.
 struct import_report {
   std::size_t lines = 0;     // non-blank lines seen
-  std::size_t created = 0;
+  std::size_t created = 0;   // first versions written
   std::size_t updated = 0;
   std::size_t rejected = 0;
   fhir::issue_list issues;
