@@ -1,5 +1,6 @@
 // yilian: the single executable. Subcommands:
 //   serve      run the gateway (embedded PostgreSQL unless --database-url)
+//   import     bulk load NDJSON files (what $export writes)
 //   postgres   start/stop a private PostgreSQL cluster (the test harness uses it)
 //   validate   validate a FHIR resource file, print the OperationOutcome
 //   convert    convert a FHIR resource file between JSON and XML
@@ -7,6 +8,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
@@ -45,6 +47,8 @@ const char* usage =
     "\n"
     "Commands:\n"
     "  serve [options]                     Run the FHIR gateway (yilian serve --help for the settings)\n"
+    "  import FILE|FOLDER... [--database-url URL | --data-dir DIR]\n"
+    "                                      Bulk load NDJSON files (a folder: its *.ndjson) like POST $import\n"
     "  postgres start --data-dir DIR [--url-file FILE]\n"
     "                                      Start a private PostgreSQL cluster under DIR and leave it running\n"
     "  postgres stop --data-dir DIR        Stop it\n"
@@ -211,6 +215,62 @@ int cmd_postgres(std::vector<std::string> args) {
   return 0;
 }
 
+// yilian import: NDJSON files (or folders of *.ndjson) bulk loaded like POST $import.
+int cmd_import(std::vector<std::string> args) {
+  auto database_url = take_option(args, "--database-url");
+  auto data_dir = take_option(args, "--data-dir");
+  if (args.empty()) {
+    std::cerr << "usage: yilian import FILE|FOLDER... [--database-url URL | --data-dir DIR]\n";
+    return 2;
+  }
+  std::vector<std::filesystem::path> files;
+  for (const auto& arg : args) {
+    if (!std::filesystem::is_directory(arg)) {
+      files.emplace_back(arg);
+      continue;
+    }
+    std::vector<std::filesystem::path> in_folder;
+    for (const auto& e : std::filesystem::directory_iterator(arg))
+      if (e.path().extension() == ".ndjson") in_folder.push_back(e.path());
+    std::sort(in_folder.begin(), in_folder.end());
+    files.insert(files.end(), in_folder.begin(), in_folder.end());
+  }
+  std::optional<gateway::embedded_postgres> pg;
+  std::string url = database_url ? *database_url : "";
+  if (url.empty())
+    if (const char* env = std::getenv("YILIAN_DATABASE_URL")) url = env;
+  if (url.empty()) {
+    gateway::embedded_postgres_options options;
+    options.data_dir = data_dir ? *data_dir : "./var";
+    pg.emplace(options);
+    pg->start();
+    url = pg->url();
+  }
+  int status = 0;
+  {
+    gateway::resource_store store(url, 1);
+    store.migrate();
+    gateway::ndjson_importer importer(store, {});
+    auto start = std::chrono::steady_clock::now();
+    for (const auto& file : files) {
+      std::ifstream in(file, std::ios::binary);
+      if (!in) throw std::runtime_error("cannot read " + file.string());
+      std::size_t line_no = 0;
+      for (std::string line; std::getline(in, line);)
+        importer.add_line(line, file.filename().string() + " line " + std::to_string(++line_no));
+    }
+    importer.finish();
+    const auto& report = importer.report();
+    double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    for (const auto& issue : report.issues.all()) std::cout << issue.location << ": " << issue.diagnostics << "\n";
+    std::cout << report.lines << " lines from " << files.size() << " files: " << report.created << " created, "
+              << report.updated << " updated, " << report.rejected << " rejected in " << seconds << " s" << std::endl;
+    status = report.rejected == 0 ? 0 : 1;
+  }
+  if (pg) pg->stop();
+  return status;
+}
+
 int cmd_serve(const std::vector<std::string>& args) {
   bool help = false;
   gateway::settings s = gateway::parse_settings(args, help);
@@ -322,6 +382,7 @@ int main(int argc, char** argv) {
   args.erase(args.begin());
   try {
     if (command == "serve") return cmd_serve(args);
+    if (command == "import") return cmd_import(args);
     if (command == "postgres") return cmd_postgres(args);
     if (command == "validate") return cmd_validate(args);
     if (command == "convert") return cmd_convert(args);
