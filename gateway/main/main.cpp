@@ -342,6 +342,8 @@ int cmd_serve(const std::vector<std::string>& args) {
                                  .idle_timeout = s.idle_timeout},
                                 [&service](const gateway::http_request& r) { return service.handle(r); }, workers,
                                 observer);
+    auto websockets = std::make_shared<gateway::subscription_websockets>(store);
+    server.add_websocket_endpoint(websockets->endpoint("/websocket"));
     server.start();
     exports.start();
     std::string host = s.listen_host.find(':') != std::string::npos ? "[" + s.listen_host + "]" : s.listen_host;
@@ -349,6 +351,7 @@ int cmd_serve(const std::vector<std::string>& args) {
     gateway::subscription_dispatcher_options notify_options;
     notify_options.base_url = s.base_url.empty() ? listen_url : s.base_url;
     gateway::subscription_dispatcher notifier(store, notify_options, subscriptions);
+    notifier.attach_websockets(websockets);
     notifier.start();
     std::cout << "Yilian " << version << " is listening on http://" << host << ":" << server.port() << "/fhir"
               << " (PostgreSQL: " << (pg ? "embedded, under " + s.data_dir : std::string("external")) << ")\n"

@@ -22,6 +22,8 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/websocket.hpp>
+#include <deque>
 #include <condition_variable>
 #include <iostream>
 #include <mutex>
@@ -38,6 +40,7 @@ namespace {
 namespace asio = boost::asio;
 namespace beast = boost::beast;
 namespace http = beast::http;
+namespace websocket = beast::websocket;
 using tcp = asio::ip::tcp;
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 
@@ -80,6 +83,64 @@ struct counted {
   counted& operator=(const counted&) = delete;
 };
 
+// A websocket connection: send() queues from any thread; one writer coroutine on the connection's
+// strand drains the queue, woken through a timer that a posted cancel interrupts.
+class ws_connection : public websocket_connection {
+ public:
+  ws_connection(std::shared_ptr<beast::tcp_stream> stream, asio::any_io_executor executor)
+      : stream_(std::move(stream)), ws_(*stream_), wake_(executor, asio::steady_timer::time_point::max()) {}
+
+  bool send(std::string text) override {
+    std::lock_guard lock(mutex_);
+    if (!open_) return false;
+    queue_.push_back(std::move(text));
+    asio::post(wake_.get_executor(), [self = shared_from_this_ws()] { self->wake_.cancel(); });
+    return true;
+  }
+
+  // On the strand: writes queued messages until close().
+  asio::awaitable<void> writer() {
+    for (;;) {
+      std::optional<std::string> next;
+      {
+        std::lock_guard lock(mutex_);
+        if (!open_) co_return;
+        if (!queue_.empty()) {
+          next = std::move(queue_.front());
+          queue_.pop_front();
+        }
+      }
+      if (next) {
+        auto [ec, n] = co_await ws_.async_write(asio::buffer(*next), use_tuple);
+        if (ec) co_return;
+        continue;
+      }
+      co_await wake_.async_wait(use_tuple);
+    }
+  }
+
+  void close() {
+    {
+      std::lock_guard lock(mutex_);
+      open_ = false;
+    }
+    wake_.cancel();
+  }
+
+  websocket::stream<beast::tcp_stream&>& ws() { return ws_; }
+  std::weak_ptr<ws_connection> self;
+
+ private:
+  std::shared_ptr<ws_connection> shared_from_this_ws() { return self.lock(); }
+
+  std::shared_ptr<beast::tcp_stream> stream_;
+  websocket::stream<beast::tcp_stream&> ws_;
+  asio::steady_timer wake_;
+  std::mutex mutex_;
+  std::deque<std::string> queue_;
+  bool open_ = true;
+};
+
 }  // namespace
 
 struct http_server::impl {
@@ -95,6 +156,7 @@ struct http_server::impl {
   std::atomic<int> in_flight{0};  // requests read and not yet answered
   std::atomic<int> sessions{0};   // live connection coroutines
   std::atomic<std::uint64_t> error_ids{0};
+  std::vector<websocket_endpoint> websocket_endpoints;
 
   // Open connections, so stop() can close the idle ones. Guarded by connections_mutex.
   std::mutex connections_mutex;
@@ -244,6 +306,59 @@ struct http_server::impl {
     }
   }
 
+  // Runs `task` on a worker, counted so the io_context outlives it.
+  void submit_task(std::function<void()> task) {
+    {
+      std::lock_guard lock(tasks_mutex);
+      ++pending_tasks;
+    }
+    workers.submit([this, task = std::move(task)] {
+      try {
+        task();
+      } catch (const std::exception& e) {
+        std::cerr << "error: websocket handler threw: " << e.what() << std::endl;
+      }
+      std::lock_guard lock(tasks_mutex);
+      if (--pending_tasks == 0) tasks_done.notify_all();
+    });
+  }
+
+  const websocket_endpoint* websocket_for(const http::request<http::string_body>& req) const {
+    if (!websocket::is_upgrade(req)) return nullptr;
+    std::string_view target = req.target();
+    target = target.substr(0, target.find('?'));
+    for (const auto& e : websocket_endpoints)
+      if (e.path == target) return &e;
+    return nullptr;
+  }
+
+  asio::awaitable<void> websocket_session(std::shared_ptr<beast::tcp_stream> stream_ptr,
+                                          const http::request<http::string_body>& req, const websocket_endpoint& endpoint) {
+    auto executor = co_await asio::this_coro::executor;
+    stream_ptr->expires_never();
+    auto conn = std::make_shared<ws_connection>(stream_ptr, executor);
+    conn->self = conn;
+    conn->ws().set_option(websocket::stream_base::timeout::suggested(beast::role_type::server));
+    auto [aec] = co_await conn->ws().async_accept(req, use_tuple);
+    if (aec) co_return;
+    struct closer {
+      std::shared_ptr<ws_connection> conn;
+      ~closer() { conn->close(); }
+    } close_on_exit{conn};
+    asio::co_spawn(executor, [conn]() -> asio::awaitable<void> { co_await conn->writer(); }, asio::detached);
+    std::shared_ptr<websocket_connection> handle = conn;
+    beast::flat_buffer buffer;
+    for (;;) {
+      auto [ec, n] = co_await conn->ws().async_read(buffer, use_tuple);
+      if (ec) break;
+      std::string message = beast::buffers_to_string(buffer.data());
+      buffer.consume(buffer.size());
+      if (endpoint.on_message) submit_task([&endpoint, handle, message] { endpoint.on_message(handle, message); });
+    }
+    conn->close();
+    if (endpoint.on_close) submit_task([&endpoint, handle] { endpoint.on_close(handle); });
+  }
+
   asio::awaitable<void> session(tcp::socket socket) {
     counted live(sessions);
     auto stream_ptr = std::make_shared<beast::tcp_stream>(std::move(socket));
@@ -318,6 +433,11 @@ struct http_server::impl {
       }
 
       auto& req = parser.get();
+      if (const websocket_endpoint* endpoint = websocket_for(req)) {
+        log(remote, req.method_string(), req.target(), 101, 0, started);
+        co_await websocket_session(stream_ptr, req, *endpoint);
+        break;
+      }
       http_request request;
       request.method = std::string(req.method_string());
       request.target = std::string(req.target());
@@ -395,6 +515,10 @@ void http_server::start() {
   asio::co_spawn(i.accept_strand, i.accept_loop(), asio::detached);
   unsigned n = std::max(1u, i.options.io_threads);
   for (unsigned t = 0; t < n; ++t) i.threads.emplace_back([&i] { i.ioc.run(); });
+}
+
+void http_server::add_websocket_endpoint(websocket_endpoint endpoint) {
+  impl_->websocket_endpoints.push_back(std::move(endpoint));
 }
 
 std::uint16_t http_server::port() const noexcept { return impl_->bound_port; }

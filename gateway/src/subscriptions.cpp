@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <condition_variable>
 #include <iostream>
@@ -17,6 +18,7 @@
 #include "yilian/fhir/json.hpp"
 #include "yilian/gateway/fhir_api.hpp"
 #include "yilian/gateway/http_client.hpp"
+#include "yilian/gateway/http_server.hpp"
 #include "yilian/gateway/operation.hpp"
 #include "yilian/gateway/search.hpp"
 
@@ -476,6 +478,97 @@ void subscription_participant::remove_listener(std::uint64_t id) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The websocket channel
+
+struct subscription_websockets::impl {
+  resource_store& store;
+  std::mutex mutex;
+  std::vector<std::pair<std::string, std::shared_ptr<websocket_connection>>> bindings;
+  std::vector<std::pair<std::uint64_t, std::function<void()>>> listeners;
+  std::uint64_t next_listener = 0;
+
+  explicit impl(resource_store& s) : store(s) {}
+
+  void message(const std::shared_ptr<websocket_connection>& conn, std::string text) {
+    while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) text.pop_back();
+    if (!text.starts_with("bind ")) {
+      conn->send("error unknown command (expected: bind <subscription id>)");
+      return;
+    }
+    std::string id = text.substr(5);
+    bool known = false;
+    {
+      auto lease = store.acquire();
+      pqxx::read_transaction tx(*lease);
+      known = !tx.exec_params("SELECT 1 FROM subscription WHERE tenant = $1 AND sub_id = $2 AND channel_type = 'websocket'",
+                              request_context{}.tenant, id)
+                   .empty();
+    }
+    if (!known) {
+      conn->send("error " + id + " is not an active websocket Subscription");
+      return;
+    }
+    std::vector<std::function<void()>> to_call;
+    {
+      std::lock_guard lock(mutex);
+      if (std::none_of(bindings.begin(), bindings.end(), [&](const auto& b) { return b.first == id && b.second == conn; }))
+        bindings.emplace_back(id, conn);
+      for (const auto& [listener_id, l] : listeners) to_call.push_back(l);
+    }
+    conn->send("bound " + id);
+    for (const auto& l : to_call) l();
+  }
+
+  void closed(const std::shared_ptr<websocket_connection>& conn) {
+    std::lock_guard lock(mutex);
+    std::erase_if(bindings, [&](const auto& b) { return b.second == conn; });
+  }
+};
+
+subscription_websockets::subscription_websockets(resource_store& store) : impl_(std::make_shared<impl>(store)) {}
+
+subscription_websockets::~subscription_websockets() = default;
+
+websocket_endpoint subscription_websockets::endpoint(std::string path) {
+  websocket_endpoint e;
+  e.path = std::move(path);
+  e.on_message = [i = impl_](const std::shared_ptr<websocket_connection>& c, const std::string& m) { i->message(c, m); };
+  e.on_close = [i = impl_](const std::shared_ptr<websocket_connection>& c) { i->closed(c); };
+  return e;
+}
+
+std::vector<std::string> subscription_websockets::bound_ids() {
+  std::lock_guard lock(impl_->mutex);
+  std::vector<std::string> ids;
+  for (const auto& b : impl_->bindings)
+    if (std::find(ids.begin(), ids.end(), b.first) == ids.end()) ids.push_back(b.first);
+  return ids;
+}
+
+std::size_t subscription_websockets::send(const std::string& sub_id, const std::string& text) {
+  std::vector<std::shared_ptr<websocket_connection>> targets;
+  {
+    std::lock_guard lock(impl_->mutex);
+    for (const auto& b : impl_->bindings)
+      if (b.first == sub_id) targets.push_back(b.second);
+  }
+  std::size_t sent = 0;
+  for (const auto& t : targets) sent += t->send(text) ? 1 : 0;
+  return sent;
+}
+
+std::uint64_t subscription_websockets::add_bind_listener(std::function<void()> listener) {
+  std::lock_guard lock(impl_->mutex);
+  impl_->listeners.emplace_back(++impl_->next_listener, std::move(listener));
+  return impl_->next_listener;
+}
+
+void subscription_websockets::remove_bind_listener(std::uint64_t id) {
+  std::lock_guard lock(impl_->mutex);
+  std::erase_if(impl_->listeners, [&](const auto& l) { return l.first == id; });
+}
+
+// ---------------------------------------------------------------------------------------------
 // The dispatcher
 
 struct subscription_dispatcher::impl {
@@ -483,6 +576,8 @@ struct subscription_dispatcher::impl {
   subscription_dispatcher_options options;
   std::shared_ptr<subscription_participant> participant;
   std::uint64_t listener_id = 0;
+  std::shared_ptr<subscription_websockets> websockets;
+  std::uint64_t bind_listener_id = 0;
 
   std::mutex mutex;
   std::condition_variable wake;
@@ -498,6 +593,7 @@ struct subscription_dispatcher::impl {
     int failures = 0;
     std::string status;
     std::int64_t events_since_start = 0;
+    std::string channel_type;
     std::string endpoint;
     std::string payload_mime;
     std::string payload_content;
@@ -535,7 +631,8 @@ struct subscription_dispatcher::impl {
         "UPDATE subscription_delivery d SET leased_by = $1, leased_until = now() + $2 * interval '1 millisecond' "
         "FROM (SELECT d2.tenant, d2.sub_id FROM subscription_delivery d2 "
         "      JOIN subscription s ON s.tenant = d2.tenant AND s.sub_id = d2.sub_id "
-        "      WHERE s.channel_type = 'rest-hook' AND s.status <> 'off' "
+        "      WHERE (s.channel_type = 'rest-hook' OR (s.channel_type = 'websocket' AND s.sub_id = ANY($3::text[]))) "
+        "        AND s.status <> 'off' "
         "        AND (d2.leased_until IS NULL OR d2.leased_until < now()) AND d2.next_attempt_at <= now() "
         "        AND (s.events_since_start > d2.delivered_through OR s.status = 'requested' "
         "             OR (s.heartbeat_seconds > 0 AND coalesce(d2.last_sent_at, '-infinity'::timestamptz) "
@@ -543,7 +640,7 @@ struct subscription_dispatcher::impl {
         "      ORDER BY d2.next_attempt_at LIMIT 1 FOR UPDATE OF d2 SKIP LOCKED) due "
         "WHERE d.tenant = due.tenant AND d.sub_id = due.sub_id "
         "RETURNING d.tenant, d.sub_id, d.delivered_through, d.failures, d.last_error",
-        options.owner, static_cast<std::int64_t>(options.lease.count()));
+        options.owner, static_cast<std::int64_t>(options.lease.count()), bound_websockets());
     if (claimed.empty()) return std::nullopt;
     claim c;
     c.tenant = field(claimed[0][0]);
@@ -553,7 +650,7 @@ struct subscription_dispatcher::impl {
     c.last_error = field(claimed[0][4]);
     auto s = tx.exec_params(
         "SELECT status, events_since_start, endpoint, payload_mime, payload_content, headers, topic, criteria_type, "
-        "criteria_query, to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"+00:00\"') "
+        "criteria_query, to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"+00:00\"'), channel_type "
         "FROM subscription WHERE tenant = $1 AND sub_id = $2",
         c.tenant, c.sub_id);
     c.status = field(s[0][0]);
@@ -568,6 +665,7 @@ struct subscription_dispatcher::impl {
       c.topic = field(s[0][7]) + (query.empty() ? "" : "?" + query);
     }
     c.now = field(s[0][9]);
+    c.channel_type = field(s[0][10]);
     if (c.status != "requested")
       c.events = read_events(tx, c.tenant, c.sub_id, c.delivered_through, c.events_since_start,
                              options.max_events_per_notification, c.payload_content == "full-resource");
@@ -575,8 +673,35 @@ struct subscription_dispatcher::impl {
     return c;
   }
 
+  // The bound websocket subscriptions as a PostgreSQL text[] literal.
+  std::string bound_websockets() const {
+    std::string array = "{";
+    if (websockets)
+      for (const auto& id : websockets->bound_ids()) {
+        if (array.size() > 1) array += ",";
+        array += '"';
+        for (char ch : id) {
+          if (ch == '"' || ch == '\\') array += '\\';
+          array += ch;
+        }
+        array += '"';
+      }
+    return array + "}";
+  }
+
+  // The websocket channel carries no content: `ping <id>` tells bound clients to query.
+  std::string send_websocket(const claim& c, std::int64_t& delivered_through) {
+    if (c.status != "requested" && !c.events.empty()) {
+      if (!websockets || websockets->send(c.sub_id, "ping " + c.sub_id) == 0)
+        return "No websocket client is bound to the subscription";
+      delivered_through = c.events.back().number;
+    }
+    return {};
+  }
+
   // Sends the claim's notification; returns the failure reason, empty on success.
   std::string send(const claim& c, std::int64_t& delivered_through) {
+    if (c.channel_type == "websocket") return send_websocket(c, delivered_through);
     status_info s{c.sub_id, c.status == "requested" ? "requested" : c.status, c.topic, c.events_since_start, {}};
     std::string type = "event-notification";
     if (c.status == "requested") {
@@ -727,7 +852,15 @@ subscription_dispatcher::subscription_dispatcher(resource_store& store, subscrip
                                                  std::shared_ptr<subscription_participant> participant)
     : impl_(std::make_unique<impl>(store, std::move(options), std::move(participant))) {}
 
-subscription_dispatcher::~subscription_dispatcher() { stop(); }
+subscription_dispatcher::~subscription_dispatcher() {
+  stop();
+  if (impl_->websockets) impl_->websockets->remove_bind_listener(impl_->bind_listener_id);
+}
+
+void subscription_dispatcher::attach_websockets(std::shared_ptr<subscription_websockets> websockets) {
+  impl_->websockets = std::move(websockets);
+  impl_->bind_listener_id = impl_->websockets->add_bind_listener([i = impl_.get()] { i->notify(); });
+}
 
 void subscription_dispatcher::start() {
   if (!impl_->threads.empty()) return;

@@ -2,7 +2,12 @@
 // (yilian's own http_server with a capturing handler) that fails or is gone for a while, the
 // dispatcher and store are restarted in between, and every matching change must still arrive, in
 // order, with no gap in event numbers.
+#include <arpa/inet.h>
 #include <doctest/doctest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -212,6 +217,71 @@ std::vector<std::int64_t> delivered_in_order(const std::vector<notification>& ac
   }
   return numbers;
 }
+
+// A minimal websocket client over a POSIX socket (text frames shorter than 126 bytes).
+class websocket_client {
+ public:
+  websocket_client(std::uint16_t port, const std::string& path) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    write_all("GET " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
+    while (buffer_.find("\r\n\r\n") == std::string::npos) REQUIRE(read_some(5000ms));
+    REQUIRE(buffer_.starts_with("HTTP/1.1 101"));
+    buffer_.erase(0, buffer_.find("\r\n\r\n") + 4);
+  }
+  ~websocket_client() { ::close(fd_); }
+  websocket_client(const websocket_client&) = delete;
+  websocket_client& operator=(const websocket_client&) = delete;
+
+  void send(const std::string& text) {
+    std::string frame{static_cast<char>(0x81), static_cast<char>(0x80 | text.size())};
+    const char mask[4] = {0x12, 0x34, 0x56, 0x78};
+    frame.append(mask, 4);
+    for (std::size_t i = 0; i < text.size(); ++i) frame.push_back(static_cast<char>(text[i] ^ mask[i % 4]));
+    write_all(frame);
+  }
+
+  // The next text message, or "" after the timeout.
+  std::string receive(std::chrono::milliseconds timeout = 5000ms) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (;;) {
+      if (buffer_.size() >= 2) {
+        std::size_t length = static_cast<unsigned char>(buffer_[1]) & 0x7f;
+        if (buffer_.size() >= 2 + length) {
+          std::string payload = buffer_.substr(2, length);
+          bool text_frame = (static_cast<unsigned char>(buffer_[0]) & 0x0f) == 1;
+          buffer_.erase(0, 2 + length);
+          if (text_frame) return payload;
+          continue;
+        }
+      }
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (left <= 0ms || !read_some(left)) return {};
+    }
+  }
+
+ private:
+  void write_all(const std::string& data) {
+    REQUIRE(::send(fd_, data.data(), data.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(data.size()));
+  }
+  bool read_some(std::chrono::milliseconds timeout) {
+    pollfd p{fd_, POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(timeout.count())) <= 0) return false;
+    char chunk[4096];
+    auto n = ::recv(fd_, chunk, sizeof chunk, 0);
+    if (n <= 0) return false;
+    buffer_.append(chunk, static_cast<std::size_t>(n));
+    return true;
+  }
+
+  int fd_ = -1;
+  std::string buffer_;
+};
 
 #define REQUIRE_DATABASE()                                                   \
   if (test::fresh_database_url("probe").empty()) {                           \
@@ -427,4 +497,37 @@ TEST_CASE("subscriptions: two gateways on one database never deliver one subscri
   CHECK(endpoint.max_concurrent_per_path() == 1);
   // Without failures every event went out exactly once.
   for (const auto& p : paths) CHECK(endpoint.accepted(p).size() == 15);
+}
+
+TEST_CASE("subscriptions: websocket channel binds with the id and pings on every notification") {
+  REQUIRE_DATABASE();
+  gateway_process gw(test::fresh_database_url("subscription_websocket"));
+  auto websockets = std::make_shared<gateway::subscription_websockets>(gw.store);
+  gw.dispatcher.attach_websockets(websockets);
+  gateway::worker_pool workers(2);
+  gateway::http_server server({.host = "127.0.0.1", .port = 0, .io_threads = 1},
+                              [](const gateway::http_request&) { return gateway::http_response{}; }, workers);
+  server.add_websocket_endpoint(websockets->endpoint("/websocket"));
+  server.start();
+  gw.dispatcher.start();
+
+  gateway::request_context ctx;
+  fhir::value sub = parse(R"({"resourceType":"Subscription","status":"requested","reason":"test","criteria":"Patient",
+    "channel":{"type":"websocket"}})");
+  std::string sub_id = gw.store.create(ctx, "Subscription", sub).resource.id;
+  websocket_client client(server.port(), "/websocket");
+  client.send("bind nope");
+  CHECK(client.receive().starts_with("error nope"));
+  client.send("bind " + sub_id);
+  CHECK(client.receive() == "bound " + sub_id);
+  REQUIRE(eventually([&] { return resource_status(gw.store, sub_id) == "active"; }));
+
+  for (int i = 0; i < 3; ++i) {
+    gw.store.create(ctx, "Patient", patient("female"));
+    CHECK(client.receive() == "ping " + sub_id);
+  }
+  CHECK(client.receive(200ms).empty());
+  gw.dispatcher.stop();
+  server.stop(100ms);
+  server.wait();
 }

@@ -36,6 +36,23 @@ struct request_log_entry {
 };
 using request_observer = std::function<void(const request_log_entry&)>;
 
+// One upgraded websocket connection (text messages).
+class websocket_connection {
+ public:
+  virtual ~websocket_connection() = default;
+  // Queues a text message; callable from any thread. False once the connection has ended.
+  virtual bool send(std::string text) = 0;
+};
+
+// Where the server accepts websocket upgrades (an exact path; the query is ignored).
+struct websocket_endpoint {
+  std::string path;
+  // Each received text message, on a worker thread (it may block on PostgreSQL).
+  std::function<void(const std::shared_ptr<websocket_connection>&, const std::string&)> on_message;
+  // Once, when the connection has ended (on a worker thread).
+  std::function<void(const std::shared_ptr<websocket_connection>&)> on_close;
+};
+
 class http_server {
  public:
   http_server(http_server_options options, request_handler handler, worker_pool& workers,
@@ -43,6 +60,9 @@ class http_server {
   ~http_server();
   http_server(const http_server&) = delete;
   http_server& operator=(const http_server&) = delete;
+
+  // Accepts websocket upgrades on `endpoint.path` (call before start()).
+  void add_websocket_endpoint(websocket_endpoint endpoint);
 
   // Binds and starts accepting; throws std::system_error when the address is unusable.
   void start();

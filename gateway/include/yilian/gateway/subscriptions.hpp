@@ -12,6 +12,9 @@
 //               • retries with capped exponential backoff; after N failures in a row the
 //                 Subscription resource goes to status `error` (with the reason), and back to
 //                 `active` at the next success
+//   subscription_websockets: the websocket channel (R4 bind-with-id): a client connects to the
+//               server's websocket path, sends `bind <id>`, gets `bound <id>`, then `ping <id>`
+//               for each notification, sent by the dispatcher of the process it is connected to
 #pragma once
 
 #include <chrono>
@@ -30,6 +33,8 @@
 namespace yilian::gateway {
 
 class fhir_api;
+class websocket_connection;
+struct websocket_endpoint;
 
 inline constexpr const char* backport_status_profile =
     "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription-status-r4";
@@ -96,6 +101,32 @@ struct subscription_dispatcher_options {
   std::chrono::seconds retention{7 * 24 * 3600};    // delivered events kept this long for $events
 };
 
+// The websocket channel's bindings in this process (tenant "default": websocket clients carry no
+// tenant yet).
+class subscription_websockets {
+ public:
+  explicit subscription_websockets(resource_store& store);
+  ~subscription_websockets();
+  subscription_websockets(const subscription_websockets&) = delete;
+  subscription_websockets& operator=(const subscription_websockets&) = delete;
+
+  // The endpoint to register with http_server::add_websocket_endpoint.
+  websocket_endpoint endpoint(std::string path);
+
+  // Subscriptions with at least one bound connection.
+  std::vector<std::string> bound_ids();
+  // Sends `text` to every connection bound to the subscription; returns how many got it.
+  std::size_t send(const std::string& sub_id, const std::string& text);
+
+  // Called after each new binding (the dispatcher wakes to activate the subscription).
+  std::uint64_t add_bind_listener(std::function<void()> listener);
+  void remove_bind_listener(std::uint64_t id);
+
+ private:
+  struct impl;
+  std::shared_ptr<impl> impl_;
+};
+
 // Delivers the outbox. Any number of dispatchers (threads, processes) may share one database.
 class subscription_dispatcher {
  public:
@@ -105,6 +136,9 @@ class subscription_dispatcher {
   ~subscription_dispatcher();  // stop()
   subscription_dispatcher(const subscription_dispatcher&) = delete;
   subscription_dispatcher& operator=(const subscription_dispatcher&) = delete;
+
+  // Delivers websocket-channel subscriptions bound in this process too (call before start()).
+  void attach_websockets(std::shared_ptr<subscription_websockets> websockets);
 
   void start();
   // Finishes the notifications being sent (bounded by http_timeout), then joins; leases are
