@@ -132,7 +132,7 @@ class everything_operation {
     bundle.set("meta", std::move(meta));
     bundle.set("type", value::make_string("searchset"));
 
-    std::string path = call.base_url + "/Patient/" + call.id + "/$everything?";
+    std::string path = call.base_url + "/Patient/" + call.id + "/$everything";
     std::string kept;
     for (const auto& [name, v] : call.params)
       if (name != "_cursor") kept += (kept.empty() ? "" : "&") + url_encode(name) + "=" + url_encode(v);
@@ -140,8 +140,9 @@ class everything_operation {
     auto add_link = [&](const char* relation, const std::string& cursor) {
       value link = value::make_object();
       link.set("relation", value::make_string(relation));
-      std::string url = path + kept;
-      if (!cursor.empty()) url += (kept.empty() ? "_cursor=" : "&_cursor=") + url_encode(cursor);
+      std::string query = kept;
+      if (!cursor.empty()) query += (kept.empty() ? "_cursor=" : "&_cursor=") + url_encode(cursor);
+      std::string url = query.empty() ? path : path + "?" + query;
       link.set("url", value::make_string(std::move(url)));
       links.push_back(std::move(link));
     };

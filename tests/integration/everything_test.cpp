@@ -134,6 +134,7 @@ TEST_CASE_FIXTURE(everything_fixture, "$everything: the compartment, the shared 
   CHECK(keys(found.begin(), found.end()) == p1_everything);
   CHECK(found.size() == p1_everything.size());
 
+  CHECK(link(bundle("/fhir/Patient/p1/$everything"), "self") == "http://test.local/fhir/Patient/p1/$everything");
   auto p2 = all_pages("/fhir/Patient/p2/$everything", pages);
   CHECK(keys(p2.begin(), p2.end()) == keys{"Patient/p2", "Observation/o6", "Practitioner/pr2"});
 }
