@@ -408,6 +408,29 @@ TEST_CASE("subscriptions: payload content empty, id-only and full-resource; dele
   CHECK(saw_resource);
 }
 
+TEST_CASE("subscriptions: heartbeats at the backport heartbeat period while nothing changes") {
+  REQUIRE_DATABASE();
+  receiver endpoint;
+  gateway_process gw(test::fresh_database_url("subscription_heartbeat"));
+  gateway::request_context ctx;
+  fhir::value sub = subscription("Patient", endpoint.url(), "id-only", "active");
+  fhir::value heartbeat = parse(std::string(R"({"url":")") + gateway::backport_heartbeat_period_url +
+                                R"(","valueUnsignedInt":1})");
+  fhir::value extensions = fhir::value::make_array();
+  extensions.push_back(std::move(heartbeat));
+  sub.find("channel")->set("extension", std::move(extensions));
+  gw.store.create(ctx, "Subscription", sub);
+  auto started = std::chrono::steady_clock::now();
+  gw.dispatcher.start();
+  REQUIRE(eventually([&] { return endpoint.accepted().size() >= 2; }, 5000ms));
+  auto elapsed = std::chrono::steady_clock::now() - started;
+  CHECK(elapsed >= 900ms);  // the first at once, the second a period later
+  for (const auto& n : endpoint.accepted()) {
+    CHECK(n.type == "heartbeat");
+    CHECK(n.events.empty());
+  }
+}
+
 TEST_CASE("subscriptions: invalid criteria are refused; $status and $events report and repair") {
   REQUIRE_DATABASE();
   receiver endpoint;
