@@ -168,8 +168,35 @@ int main(int argc, char** argv) {
     gateway::fhir_api source_api(source, api_options());
     gateway::register_bulk_import(source_api, source);
     gateway::register_bulk_export(source_api, source, export_options);
+    // The first lines again, one resource_store::update (one transaction) each: what a client
+    // sending one PUT per resource costs the store, without HTTP.
+    std::size_t single_count = std::min<std::size_t>(resources, 5000);
+    std::size_t cut = 0;
+    for (std::size_t n = 0; n < single_count; ++n) cut = ndjson.find('\n', cut) + 1;
+    std::string single_lines = ndjson.substr(0, cut);
+
     double load_seconds = timed_import(source_api, std::move(ndjson), resources);
     report("$import (generated NDJSON)", resources, load_seconds, "validation, store, search indexing");
+
+    recreate_database(admin, "yilian_bulk_single", true);
+    {
+      gateway::resource_store single(with_database(o.database_url, "yilian_bulk_single"), 1);
+      single.migrate();
+      const gateway::request_context context;
+      auto start = clock_type::now();
+      for (std::size_t at = 0; at < single_lines.size();) {
+        auto end = single_lines.find('\n', at);
+        fhir::value resource;
+        fhir::issue_list issues;
+        fhir::parse_json(std::string_view(single_lines).substr(at, end - at), resource, issues);
+        std::string type = resource.find("resourceType")->text();
+        std::string id = resource.find("id")->text();
+        single.update(context, type, id, std::move(resource));
+        at = end + 1;
+      }
+      report("one update per resource (baseline)", single_count, seconds_since(start), "no validation: store only");
+    }
+    recreate_database(admin, "yilian_bulk_single", false);
 
     auto kickoff = call(source_api, "GET", "/fhir/$export", {{"Prefer", "respond-async"}});
     if (kickoff.status != 202) throw std::runtime_error("$export kick-off: " + kickoff.body);

@@ -412,9 +412,9 @@ std::size_t export_runner::remove_expired() {
 
 bool export_runner::run_once() {
   job j;
-  {
-    pqxx::connection conn(url_);
-    pqxx::work tx(conn);
+  try {
+    if (!claims_ || !claims_->is_open()) claims_ = std::make_shared<pqxx::connection>(url_);
+    pqxx::work tx(*claims_);
     auto claimed = tx.exec_params(
         "UPDATE export_job j SET status = 'running', leased_by = $1, leased_until = now() + make_interval(secs => $2), "
         "progress = 'started', error = NULL "
@@ -435,6 +435,9 @@ bool export_runner::run_once() {
     // Files a previous runner of this job wrote before it died.
     tx.exec_params("DELETE FROM export_file WHERE tenant = $1 AND job_id = $2", j.tenant, j.id);
     tx.commit();
+  } catch (...) {
+    claims_.reset();
+    throw;
   }
   run_job(j);
   return true;

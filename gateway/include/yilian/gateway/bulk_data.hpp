@@ -85,6 +85,7 @@ class export_runner {
   bulk_export_options options_;
   const fhir::definitions& defs_;
   std::string name_;  // leased_by: host, pid and a random suffix
+  std::shared_ptr<pqxx::connection_base> claims_;  // kept between polls; reopened after a failure
   std::mutex mutex_;
   std::condition_variable wake_;
   bool stopping_ = false;
