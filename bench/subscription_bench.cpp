@@ -1,7 +1,8 @@
 // Notification latency: the time from a write's commit (resource_store::create returning) to the
 // rest-hook notification that carries it arriving at a receiving endpoint (yilian's http_server on
-// 127.0.0.1). Two dispatchers are measured: one in the writing process (woken by the commit) and
-// one that only polls the outbox (what another gateway process sharing the database sees).
+// 127.0.0.1). Three dispatchers are measured: one in the writing process (woken by the commit), one
+// as in another gateway process sharing the database (woken by PostgreSQL NOTIFY at the commit),
+// and one that only polls the outbox.
 //
 //   bench_subscriptions --database-url URL [--writes 500] [--interval-ms 5] [--poll-ms 200]
 #include <unistd.h>
@@ -123,7 +124,10 @@ double percentile(std::vector<double> v, double p) {
   return v[std::min(v.size() - 1, static_cast<std::size_t>(p * static_cast<double>(v.size())))];
 }
 
-void measure(const options& o, const std::string& url, bool wake_on_commit) {
+enum class wake_mode { same_process, notify, poll_only };
+
+void measure(const options& o, const std::string& url, wake_mode mode) {
+  const bool wake_on_commit = mode == wake_mode::same_process;
   gateway::resource_store store(url, 4);
   auto participant = std::make_shared<gateway::subscription_participant>();
   store.add_participant(participant);
@@ -139,6 +143,7 @@ void measure(const options& o, const std::string& url, bool wake_on_commit) {
   gateway::subscription_dispatcher_options d;
   d.base_url = "http://bench.local/fhir";
   d.poll_interval = std::chrono::milliseconds(o.poll_ms);
+  if (mode == wake_mode::notify) d.listen_database_url = url;
   gateway::subscription_dispatcher dispatcher(store, d, wake_on_commit ? participant : nullptr);
   dispatcher.start();
 
@@ -162,7 +167,10 @@ void measure(const options& o, const std::string& url, bool wake_on_commit) {
     if (auto a = arrivals.find(ref); a != arrivals.end())
       ms.push_back(std::chrono::duration<double, std::milli>(a->second - t).count());
   std::printf("| %s | %d | %zu | %.2f | %.2f | %.2f |\n",
-              wake_on_commit ? "same process (woken by the commit)" : "other process (polling only)", o.poll_ms,
+              mode == wake_mode::same_process ? "same process (woken by the commit)"
+              : mode == wake_mode::notify     ? "other process (LISTEN/NOTIFY)"
+                                              : "other process (polling only)",
+              o.poll_ms,
               ms.size(), percentile(ms, 0.5), percentile(ms, 0.99), percentile(ms, 1.0));
   store.remove(ctx, "Subscription", sub_id);
 }
@@ -182,8 +190,9 @@ int run(const options& o) {
   std::printf("Notification latency, commit -> rest-hook arrival (%d writes, one every %d ms, payload id-only)\n\n",
               o.writes, o.interval_ms);
   std::printf("| dispatcher | poll ms | delivered | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|---|\n");
-  measure(o, url, true);
-  measure(o, url, false);
+  measure(o, url, wake_mode::same_process);
+  measure(o, url, wake_mode::notify);
+  measure(o, url, wake_mode::poll_only);
   pqxx::connection admin(with_database(o.database_url, "postgres"));
   pqxx::nontransaction tx(admin);
   tx.exec("DROP DATABASE " + admin.quote_name(name) + " WITH (FORCE)");

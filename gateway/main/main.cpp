@@ -350,6 +350,7 @@ int cmd_serve(const std::vector<std::string>& args) {
     std::string listen_url = "http://" + host + ":" + std::to_string(server.port()) + "/fhir";
     gateway::subscription_dispatcher_options notify_options;
     notify_options.base_url = s.base_url.empty() ? listen_url : s.base_url;
+    notify_options.listen_database_url = url;
     gateway::subscription_dispatcher notifier(store, notify_options, subscriptions);
     notifier.attach_websockets(websockets);
     notifier.start();

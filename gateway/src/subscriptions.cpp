@@ -252,6 +252,9 @@ std::vector<std::string> split_lines(const std::string& text) {
 // Set after a transaction recorded an event, read by after_commit on the same thread.
 thread_local bool recorded_event = false;
 
+// The PostgreSQL notification channel of commits that recorded events.
+const char* const events_channel = "yilian_subscription_events";
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -456,7 +459,10 @@ void subscription_participant::in_transaction(pqxx::transaction_base& tx, const 
   const request_context& ctx = *event.context;
   const stored_resource& r = *event.resource;
   if (r.type == "Subscription") sync_subscription(tx, ctx, r, event.content);
-  if (record_events(tx, ctx, r)) recorded_event = true;
+  if (record_events(tx, ctx, r)) {
+    tx.exec(std::string("NOTIFY ") + events_channel);  // delivered at commit, folded into one per transaction
+    recorded_event = true;
+  }
 }
 
 void subscription_participant::after_commit(const write_event&) noexcept {
@@ -584,6 +590,7 @@ struct subscription_dispatcher::impl {
   std::uint64_t wakeups = 0;
   bool stopping = false;
   std::vector<std::thread> threads;
+  std::thread listener;
   std::chrono::steady_clock::time_point next_prune{};
 
   struct claim {
@@ -839,6 +846,35 @@ struct subscription_dispatcher::impl {
     }
   }
 
+  // LISTENs for commits with events from every process; reconnects after a failure.
+  void listen() {
+    struct receiver : pqxx::notification_receiver {
+      impl& self;
+      receiver(pqxx::connection_base& c, impl& i) : pqxx::notification_receiver(c, events_channel), self(i) {}
+      void operator()(const std::string&, int) override { self.notify(); }
+    };
+    std::string last_failure;
+    for (;;) {
+      try {
+        pqxx::connection c(options.listen_database_url);
+        receiver r(c, *this);
+        last_failure.clear();
+        for (;;) {
+          {
+            std::lock_guard lock(mutex);
+            if (stopping) return;
+          }
+          c.await_notification(0, 200'000);
+        }
+      } catch (const std::exception& e) {
+        if (last_failure != e.what()) std::cerr << "subscription dispatcher: listening: " << e.what() << "\n";
+        last_failure = e.what();
+      }
+      std::unique_lock lock(mutex);
+      if (wake.wait_for(lock, std::chrono::seconds(1), [&] { return stopping; })) return;
+    }
+  }
+
   void release_leases() {
     auto lease = store.acquire();
     pqxx::work tx(*lease);
@@ -870,6 +906,7 @@ void subscription_dispatcher::start() {
   }
   if (impl_->participant) impl_->listener_id = impl_->participant->add_listener([i = impl_.get()] { i->notify(); });
   for (unsigned t = 0; t < impl_->options.threads; ++t) impl_->threads.emplace_back([i = impl_.get()] { i->run(); });
+  if (!impl_->options.listen_database_url.empty()) impl_->listener = std::thread([i = impl_.get()] { i->listen(); });
 }
 
 void subscription_dispatcher::stop() {
@@ -881,6 +918,7 @@ void subscription_dispatcher::stop() {
   impl_->wake.notify_all();
   for (auto& t : impl_->threads) t.join();
   impl_->threads.clear();
+  if (impl_->listener.joinable()) impl_->listener.join();
   if (impl_->participant) impl_->participant->remove_listener(impl_->listener_id);
   try {
     impl_->release_leases();

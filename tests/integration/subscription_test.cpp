@@ -554,3 +554,23 @@ TEST_CASE("subscriptions: websocket channel binds with the id and pings on every
   server.stop(100ms);
   server.wait();
 }
+
+TEST_CASE("subscriptions: a dispatcher in another process is woken by the commit, not by its poll") {
+  REQUIRE_DATABASE();
+  std::string url = test::fresh_database_url("subscription_listen");
+  receiver endpoint;
+  auto options = gateway_process::fast();
+  options.poll_interval = 10'000ms;
+  gateway_process writer(url, options);
+  options.listen_database_url = url;
+  gateway_process deliverer(url, options);
+  gateway::request_context ctx;
+  writer.store.create(ctx, "Subscription", subscription("Patient", endpoint.url(), "id-only", "active"));
+  deliverer.dispatcher.start();
+  std::this_thread::sleep_for(300ms);  // its first pass is over: from now on only a wake-up helps
+  for (int i = 0; i < 3; ++i) {
+    auto before = endpoint.accepted().size();
+    writer.store.create(ctx, "Patient", patient("female"));
+    CHECK(eventually([&] { return endpoint.accepted().size() > before; }, 2000ms));
+  }
+}

@@ -91,7 +91,10 @@ struct subscription_dispatcher_options {
   std::string base_url = "http://localhost:8080/fhir";  // public FHIR base, for references in notifications
   std::string owner;                     // lease owner name; empty = hostname:pid:random
   unsigned threads = 2;                  // subscriptions delivered in parallel by this process
-  std::chrono::milliseconds poll_interval{200};     // other processes' commits are seen this fast
+  std::chrono::milliseconds poll_interval{200};     // the outbox is checked at least this often
+  // When set, the dispatcher LISTENs on its own connection to this database and wakes at every
+  // commit that recorded an event in any gateway process (NOTIFY), not only at the next poll.
+  std::string listen_database_url;
   std::chrono::milliseconds lease{60'000};           // a crashed process's claims expire after this
   std::chrono::milliseconds retry_min{1'000};        // backoff after the first failure, doubling ...
   std::chrono::milliseconds retry_max{60'000};       // ... up to this
