@@ -9,8 +9,10 @@
 #include <charconv>
 #include <condition_variable>
 #include <iostream>
+#include <map>
 #include <pqxx/pqxx>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "store_internal.hpp"
@@ -423,18 +425,36 @@ bool matches(pqxx::transaction_base& tx, const request_context& ctx, const store
   return matched;
 }
 
-bool record_events(pqxx::transaction_base& tx, const request_context& ctx, const stored_resource& r) {
-  // Sorted by id: concurrent writes lock the subscription rows in one order (no deadlock).
-  auto subs = tx.exec_params(
-      "SELECT sub_id, criteria_query FROM subscription WHERE tenant = $1 AND criteria_type = $2 AND status <> 'off' "
-      "ORDER BY sub_id",
-      ctx.tenant, r.type);
+struct active_subscription {
+  std::string sub_id;
+  std::string query;
+};
+
+// Active subscriptions on `types`, by type, each list sorted by id: concurrent writes lock the
+// subscription rows in one order.
+std::map<std::string, std::vector<active_subscription>> active_subscriptions(pqxx::transaction_base& tx,
+                                                                             const std::string& tenant,
+                                                                             const std::set<std::string>& types) {
+  std::string array = "{";
+  for (const auto& t : types) array += (array.size() > 1 ? "," : "") + ('"' + t + '"');  // resource type names
+  array += "}";
+  std::map<std::string, std::vector<active_subscription>> out;
+  for (const auto& row : tx.exec_params(
+           "SELECT criteria_type, sub_id, criteria_query FROM subscription WHERE tenant = $1 "
+           "AND criteria_type = ANY($2::text[]) AND status <> 'off' ORDER BY sub_id",
+           tenant, array))
+    out[field(row[0])].push_back({field(row[1]), field(row[2])});
+  return out;
+}
+
+bool record_events(pqxx::transaction_base& tx, const request_context& ctx, const stored_resource& r,
+                   const std::vector<active_subscription>& subs) {
   bool recorded = false;
-  for (const auto& row : subs) {
-    std::string sub_id = field(row[0]);
+  for (const auto& sub : subs) {
+    const std::string& sub_id = sub.sub_id;
     bool matched = false;
     try {
-      matched = matches(tx, ctx, r, sub_id, field(row[1]));
+      matched = matches(tx, ctx, r, sub_id, sub.query);
     } catch (const store_error& e) {  // validated when stored; only a newer definition set could refuse it
       std::cerr << "subscription " << sub_id << ": criteria no longer understood: " << e.what() << "\n";
       continue;
@@ -459,8 +479,35 @@ void subscription_participant::in_transaction(pqxx::transaction_base& tx, const 
   const request_context& ctx = *event.context;
   const stored_resource& r = *event.resource;
   if (r.type == "Subscription") sync_subscription(tx, ctx, r, event.content);
-  if (record_events(tx, ctx, r)) {
+  auto subs = active_subscriptions(tx, ctx.tenant, {r.type});
+  if (record_events(tx, ctx, r, subs[r.type])) {
     tx.exec(std::string("NOTIFY ") + events_channel);  // delivered at commit, folded into one per transaction
+    recorded_event = true;
+  }
+}
+
+void subscription_participant::in_transaction_batch(pqxx::transaction_base& tx, const std::vector<write_event>& events) {
+  // One look-up for the whole batch (bulk loads mostly find no subscription at all), unless the
+  // batch itself changes subscriptions: then each write sees the ones before it.
+  std::map<std::string, std::set<std::string>> types_by_tenant;
+  for (const auto& e : events) {
+    if (e.resource->type == "Subscription") {
+      for (const auto& each : events) in_transaction(tx, each);
+      return;
+    }
+    types_by_tenant[e.context->tenant].insert(e.resource->type);
+  }
+  bool recorded = false;
+  for (const auto& [tenant, types] : types_by_tenant) {
+    auto subs = active_subscriptions(tx, tenant, types);
+    if (subs.empty()) continue;
+    for (const auto& e : events)
+      if (e.context->tenant == tenant)
+        if (auto it = subs.find(e.resource->type); it != subs.end())
+          recorded = record_events(tx, *e.context, *e.resource, it->second) || recorded;
+  }
+  if (recorded) {
+    tx.exec(std::string("NOTIFY ") + events_channel);
     recorded_event = true;
   }
 }

@@ -431,6 +431,30 @@ TEST_CASE("subscriptions: heartbeats at the backport heartbeat period while noth
   }
 }
 
+TEST_CASE("subscriptions: bulk writes (put_all) notify each matching resource, also right after a new subscription") {
+  REQUIRE_DATABASE();
+  receiver endpoint;
+  gateway_process gw(test::fresh_database_url("subscription_bulk"));
+  gateway::request_context ctx;
+  gw.store.create(ctx, "Subscription", subscription("Patient?gender=female", endpoint.url("/a"), "id-only", "active"));
+  std::vector<gateway::batch_item> items;
+  for (int i = 0; i < 6; ++i) items.push_back({"Patient", "bulk-" + std::to_string(i), patient(i % 2 ? "male" : "female")});
+  gw.store.put_all(ctx, std::move(items));
+  // A batch that creates a subscription and then writes what it matches.
+  fhir::value sub = subscription("Patient?gender=male", endpoint.url("/b"), "id-only", "active");
+  items.clear();
+  items.push_back({"Subscription", "bulk-sub", std::move(sub)});
+  items.push_back({"Patient", "bulk-m", patient("male")});
+  gw.store.put_all(ctx, std::move(items));
+  gw.dispatcher.start();
+  std::vector<std::string> a, b;
+  REQUIRE(eventually([&] { a.clear(); return delivered_in_order(endpoint.accepted("/a"), &a).size() == 3; }));
+  REQUIRE(eventually([&] { b.clear(); return delivered_in_order(endpoint.accepted("/b"), &b).size() == 1; }));
+  CHECK(a == std::vector<std::string>{"http://test.local/fhir/Patient/bulk-0", "http://test.local/fhir/Patient/bulk-2",
+                                      "http://test.local/fhir/Patient/bulk-4"});
+  CHECK(b == std::vector<std::string>{"http://test.local/fhir/Patient/bulk-m"});
+}
+
 TEST_CASE("subscriptions: invalid criteria are refused; $status and $events report and repair") {
   REQUIRE_DATABASE();
   receiver endpoint;

@@ -73,6 +73,7 @@ std::vector<criterion> parse_criteria_query(std::string_view query);
 class subscription_participant : public write_participant {
  public:
   void in_transaction(pqxx::transaction_base& tx, const write_event& event) override;
+  void in_transaction_batch(pqxx::transaction_base& tx, const std::vector<write_event>& events) override;
   void after_commit(const write_event& event) noexcept override;
 
   // Called after each commit that recorded an event, on the committing thread (keep it short, no
