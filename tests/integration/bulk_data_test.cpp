@@ -9,6 +9,7 @@
 #include <pqxx/pqxx>
 
 #include <algorithm>
+#include <atomic>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -378,4 +379,26 @@ TEST_CASE("$import: per-line errors with their line numbers, the valid lines kep
 
   CHECK(s.call("POST", "/fhir/$import", {{"Content-Type", "application/fhir+json"}}, body).status == 415);
   CHECK(s.call("POST", "/fhir/$import", {{"Content-Type", "application/fhir+ndjson"}}, "\n\n").status == 400);
+}
+
+TEST_CASE("$export: runners of several gateways sharing the database run each job exactly once") {
+  server s("export_shared_runners");
+  s.load_patients(1, 2, 1);
+  std::vector<std::string> statuses;
+  for (int i = 0; i < 6; ++i) statuses.push_back(s.kickoff("/fhir/$export"));
+  gateway::export_runner other(s.url, server::small_files());
+  std::atomic<int> runs{0};
+  auto drain = [&runs](gateway::export_runner& runner) {
+    while (runner.run_once()) ++runs;
+  };
+  std::thread first(drain, std::ref(s.runner));
+  std::thread second(drain, std::ref(other));
+  first.join();
+  second.join();
+  CHECK(runs == 6);
+  for (const auto& status : statuses) {
+    auto done = s.call("GET", status);
+    REQUIRE(done.status == 200);
+    CHECK(server::keys_of(s.download(test::parse_json_or_fail(done.body))).size() == 4);
+  }
 }
