@@ -310,7 +310,7 @@ int cmd_serve(const std::vector<std::string>& args) {
     }
 
     gateway::metrics stats;
-    gateway::fhir_api api(store, {.base_path = "/fhir", .base_url = s.base_url});
+    gateway::fhir_api api(store, {.base_path = "/fhir", .base_url = s.base_url, .max_bundle_entries = s.max_bundle_entries});
     gateway::add_subscription_operations(api, store);
     gateway::bulk_export_options export_options;
     export_options.max_file_bytes = s.export_file_limit;

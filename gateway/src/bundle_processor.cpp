@@ -177,7 +177,8 @@ void resolve_conditional_references(value& v, const planned_entry& owner, const 
       if (m.name == "reference" && m.val.is_string()) {
         const std::string& ref = m.val.text();
         auto q = ref.find('?');
-        if (q == std::string::npos || ref.find("://") != std::string::npos || ref.starts_with("#")) continue;
+        if (q == std::string::npos || ref.substr(0, q).find("://") != std::string::npos || ref.starts_with("#"))
+          continue;
         std::string type = ref.substr(0, q);
         auto ids = host.find(ctx, type, ref.substr(q + 1), 2);
         if (ids.size() != 1)
@@ -380,7 +381,10 @@ value run_transaction(resource_store& store, const request_context& ctx, std::ve
       value entry = response_entry(existing, false);
       value* response = entry.find("response");
       response->set("status", value::make_string("200 OK"));
-      response->set("location", value::make_string(e.type + "/" + e.target_id));
+      std::string etag = text_of(response->find("etag"));  // W/"3"
+      std::string version = etag.size() > 3 ? etag.substr(3, etag.size() - 4) : "1";
+      response->set("location",
+                    value::make_string(options.base_url + "/" + e.type + "/" + e.target_id + "/_history/" + version));
       if (!options.return_representation) entry.erase("resource");
       replies[e.index] = std::move(entry);
       continue;
@@ -402,7 +406,9 @@ value run_batch(const request_context& ctx, std::vector<planned_entry>& entries,
         rewrite_references(*e.resource, {}, e, where(e) + ".resource");
         resolve_conditional_references(*e.resource, e, host, ctx, where(e) + ".resource");
       }
-      entry_reply reply = host.dispatch(call_for(e, ctx, options));
+      entry_call call = call_for(e, ctx, options);
+      call.validated = false;  // the Bundle was not validated as a whole: each entry is on its own
+      entry_reply reply = host.dispatch(call);
       replies.push_back(response_entry(reply, true));
     } catch (const fhir_failure& failure) {
       entry_reply reply;

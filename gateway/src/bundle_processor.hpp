@@ -26,7 +26,8 @@ struct entry_call {
   std::string method;                    // GET HEAD POST PUT PATCH DELETE
   std::string url;                       // relative to the base: "Patient/1", "Patient?identifier=x"
   std::vector<http_header> headers;      // If-Match, If-None-Exist, If-None-Match, Prefer, Content-Type
-  const fhir::value* resource = nullptr; // parsed and validated body (POST, PUT, PATCH Parameters)
+  const fhir::value* resource = nullptr; // parsed body (POST, PUT, PATCH Parameters)
+  bool validated = true;                 // `resource` was validated with the whole Bundle
   std::string raw_body;                  // PATCH with a JSON Patch document
   std::string assigned_id;               // POST in a transaction: create under this id
   const request_context* context = nullptr;
@@ -51,6 +52,7 @@ struct bundle_host {
 struct bundle_options {
   std::size_t max_entries = 20000;  // more: 413
   bool return_representation = false;  // Prefer: return=representation: entry responses carry the resource
+  std::string base_url;                // for the location of a conditional create's existing match
 };
 
 // `bundle` has been parsed and validated as a Bundle. Returns the transaction-response or

@@ -333,7 +333,8 @@ struct fhir_api::impl {
     request_context ctx;
     std::string base;  // public base URL
     // Set when the call is one entry of a Bundle:
-    const value* parsed_body = nullptr;  // the entry's resource, already validated with the Bundle
+    const value* parsed_body = nullptr;  // the entry's resource
+    bool body_validated = false;         // ... validated already, with the whole Bundle
     std::string assigned_id;             // transaction POST: create under this id
     mutable std::string last_updated;    // instant of the version written or read, for the entry response
   };
@@ -493,7 +494,7 @@ struct fhir_api::impl {
   value incoming_resource(const call& c, std::string_view type) const {
     value resource = c.parsed_body ? *c.parsed_body : parse_resource_body(c.req);
     issue_list issues;
-    if (!c.parsed_body &&
+    if (!c.body_validated &&
         !fhir::validate_resource(resource, issues, {.check_required_bindings = true, .expected_type = type}, defs))
       throw api_error{400, std::move(issues)};
     profiles::check_alliance_rules(resource, issues);
@@ -1168,9 +1169,13 @@ struct fhir_api::impl {
     value bundle = parse_resource_body(c.req);
     if (const value* rt = bundle.find("resourceType"); !rt || rt->text() != "Bundle")
       fail(400, issue_type::invalid, "POST to the base URL takes a transaction or batch Bundle", "resourceType");
-    issue_list issues;
-    if (!fhir::validate_resource(bundle, issues, {.check_required_bindings = true, .expected_type = "Bundle"}, defs))
-      throw api_error{400, std::move(issues)};
+    // A transaction is validated whole (the first problem fails it before any write); a batch's
+    // entries are validated one by one, as each may fail on its own.
+    if (const value* bt = bundle.find("type"); bt && bt->is_string() && bt->text() == "transaction") {
+      issue_list issues;
+      if (!fhir::validate_resource(bundle, issues, {.check_required_bindings = true, .expected_type = "Bundle"}, defs))
+        throw api_error{400, std::move(issues)};
+    }
     detail::bundle_host host;
     host.dispatch = [&](const detail::entry_call& ec) { return dispatch_entry(c, ec); };
     host.find = [&](const request_context& ctx, const std::string& type, const std::string& query, std::size_t limit) {
@@ -1186,6 +1191,7 @@ struct fhir_api::impl {
     };
     detail::bundle_options bo;
     bo.max_entries = options.max_bundle_entries;
+    bo.base_url = c.base;
     bo.return_representation = parse_prefer_return(c.req) == prefer_return::representation &&
                                !c.req.header("Prefer").empty();
     return body_response(200, c, detail::process_bundle(store, c.ctx, std::move(bundle), host, bo));
@@ -1202,6 +1208,7 @@ struct fhir_api::impl {
     sub.remote_address = outer.req.remote_address;
     call c{sub, {}, {wire_format::json, false}, *ec.context, outer.base};
     c.parsed_body = ec.resource;
+    c.body_validated = ec.resource && ec.validated;
     c.assigned_id = ec.assigned_id;
     http_response res = guarded(c, [&] {
       c.target = parse_target(sub.target, options.base_path);
@@ -1311,9 +1318,11 @@ struct fhir_api::impl {
     }
     rest.set("resource", std::move(resources));
     value sys = value::make_array();
-    value hs = value::make_object();
-    hs.set("code", value::make_string("history-system"));
-    sys.push_back(std::move(hs));
+    for (const char* code : {"transaction", "batch", "history-system"}) {
+      value interaction = value::make_object();
+      interaction.set("code", value::make_string(code));
+      sys.push_back(std::move(interaction));
+    }
     rest.set("interaction", std::move(sys));
     value system_ops = value::make_array();
     for (const auto& op : operations) {

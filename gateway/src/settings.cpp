@@ -70,6 +70,12 @@ const std::vector<setting_entry>& entries() {
        }},
       {{"--body-limit", "YILIAN_BODY_LIMIT", "64M", "Largest accepted request body (K, M, G suffixes); larger gets 413"},
        [](settings& s, const std::string& v) { s.body_limit = parse_size("--body-limit", v); }},
+      {{"--max-bundle-entries", "YILIAN_MAX_BUNDLE_ENTRIES", "20000",
+        "Most entries a transaction or batch Bundle may have; more gets 413"},
+       [](settings& s, const std::string& v) {
+         s.max_bundle_entries = static_cast<std::size_t>(parse_number("--max-bundle-entries", v, 10'000'000));
+         if (s.max_bundle_entries == 0) throw std::invalid_argument("--max-bundle-entries: must be at least 1");
+       }},
       {{"--read-timeout", "YILIAN_READ_TIMEOUT_MS", "30000", "Milliseconds allowed to receive a whole request"},
        [](settings& s, const std::string& v) {
          s.read_timeout = std::chrono::milliseconds(parse_number("--read-timeout", v, 86'400'000));

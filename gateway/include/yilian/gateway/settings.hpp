@@ -20,6 +20,7 @@ struct settings {
   unsigned workers = 8;            // database worker threads (= connections)
   unsigned io_threads = 1;
   std::size_t body_limit = 64 * 1024 * 1024;
+  std::size_t max_bundle_entries = 20000;
   std::chrono::milliseconds read_timeout{30'000};
   std::chrono::milliseconds idle_timeout{60'000};
   std::vector<std::string> load;   // FHIR files or folders to load (PUT by id) before listening
