@@ -402,3 +402,25 @@ TEST_CASE("$export: runners of several gateways sharing the database run each jo
     CHECK(server::keys_of(s.download(test::parse_json_or_fail(done.body))).size() == 4);
   }
 }
+
+TEST_CASE("$export: a resource larger than the file limit gets a file of its own and comes back whole") {
+  server s("export_large_resource");
+  std::string data;
+  for (int i = 0; i < 50'000; ++i) data += "QUJD";  // 200 kB of base64 in one attachment
+  s.put("Patient", "p1", R"({"resourceType":"Patient","name":[{"family":"Wang"}]})");
+  s.put("DocumentReference", "scan",
+        R"({"resourceType":"DocumentReference","status":"current","subject":{"reference":"Patient/p1"},
+            "content":[{"attachment":{"contentType":"application/pdf","data":")" + data + R"("}}]})");
+  s.put("DocumentReference", "note",
+        R"({"resourceType":"DocumentReference","status":"current","subject":{"reference":"Patient/p1"},
+            "content":[{"attachment":{"contentType":"text/plain","data":"aGVsbG8="}}]})");
+  fhir::value manifest = s.complete(s.kickoff("/fhir/Patient/$export?_type=DocumentReference"));
+  REQUIRE(manifest.find("output")->items().size() == 2);
+  for (const auto& file : manifest.find("output")->items()) CHECK(file.find("count")->text() == "1");
+  auto lines = s.download(manifest);
+  REQUIRE(lines.size() == 2);
+  std::size_t whole = 0;
+  for (const auto& line : lines)
+    if (line.find(data) != std::string::npos) ++whole;
+  CHECK(whole == 1);
+}
