@@ -231,6 +231,8 @@ class export_file_download {
 
 // Thrown inside a running job when its row says it is no longer ours (cancelled or taken over).
 struct job_abandoned {};
+// Thrown inside a running job when its runner stops (gateway shutdown).
+struct job_handed_back {};
 
 }  // namespace
 
@@ -395,7 +397,7 @@ void export_runner::loop() {
     }
     std::unique_lock lock(mutex_);
     if (stopping_) return;
-    if (!worked) wake_.wait_for(lock, options_.poll_interval, [this] { return stopping_; });
+    if (!worked) wake_.wait_for(lock, options_.poll_interval, [this] { return stopping_.load(); });
     if (stopping_) return;
   }
 }
@@ -491,6 +493,7 @@ void export_runner::run_job(job& j) {
         std::size_t average = std::max<std::size_t>(1, bytes / batch.size());
         rows_per_fetch = std::clamp<std::size_t>(batch_bytes / average, 1, options_.fetch_rows);
         writer.heartbeat();
+        if (stopping_) throw job_handed_back{};
       }
       snapshot.exec("CLOSE export_rows");
     }
@@ -504,6 +507,14 @@ void export_runner::run_job(job& j) {
         "WHERE tenant = $1 AND job_id = $2 AND leased_by = $3 AND status = 'running' RETURNING 1",
         j.tenant, j.id, name_, transaction_time, static_cast<long long>(options_.expiry.count()),
         "completed: " + std::to_string(writer.total()) + " resources");
+    tx.commit();
+  } catch (const job_handed_back&) {
+    pqxx::work tx(control);
+    auto ours = tx.exec_params(
+        "UPDATE export_job SET status = 'queued', progress = 'queued', leased_by = NULL, leased_until = NULL "
+        "WHERE tenant = $1 AND job_id = $2 AND leased_by = $3 RETURNING 1",
+        j.tenant, j.id, name_);
+    if (!ours.empty()) tx.exec_params("DELETE FROM export_file WHERE tenant = $1 AND job_id = $2", j.tenant, j.id);
     tx.commit();
   } catch (const job_abandoned&) {
     // Cancelled (its row and files are gone) or taken over by another runner: nothing to record.

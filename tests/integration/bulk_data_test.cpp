@@ -424,3 +424,24 @@ TEST_CASE("$export: a resource larger than the file limit gets a file of its own
     if (line.find(data) != std::string::npos) ++whole;
   CHECK(whole == 1);
 }
+
+TEST_CASE("$export: a runner that stops (gateway shutdown) hands its job back to the queue") {
+  server s("export_hand_back");
+  s.load_patients(1, 3, 2);
+  std::string status = s.kickoff("/fhir/$export");
+  s.runner.stop();           // as on SIGTERM: the job it claims next is handed back after one batch
+  CHECK(s.runner.run_once());
+  auto queued = s.call("GET", status);
+  CHECK(queued.status == 202);
+  CHECK(queued.header("X-Progress") == "queued");
+  pqxx::connection c(s.url);
+  {
+    pqxx::read_transaction tx(c);
+    CHECK(tx.exec("SELECT count(*) FROM export_file")[0][0].as<int>() == 0);
+  }
+  gateway::export_runner next_gateway(s.url, server::small_files());
+  CHECK(next_gateway.run_once());
+  auto done = s.call("GET", status);
+  REQUIRE(done.status == 200);
+  CHECK(server::keys_of(s.download(test::parse_json_or_fail(done.body))).size() == 9);
+}

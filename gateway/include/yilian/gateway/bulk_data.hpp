@@ -8,6 +8,7 @@
 // runner when its runner dies.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
@@ -65,7 +66,8 @@ class export_runner {
   export_runner& operator=(const export_runner&) = delete;
 
   void start();
-  // Stops the thread; a job in progress is abandoned and taken over by a runner once its lease ends.
+  // Stops the thread; a job in progress is put back in the queue (its partial files deleted) for
+  // any runner to start again.
   void stop();
 
   // Claims one queued job, or a running job whose lease has expired, and runs it to its end.
@@ -88,7 +90,7 @@ class export_runner {
   std::shared_ptr<pqxx::connection_base> claims_;  // kept between polls; reopened after a failure
   std::mutex mutex_;
   std::condition_variable wake_;
-  bool stopping_ = false;
+  std::atomic<bool> stopping_{false};  // also read by a running job, which then hands it back
   std::thread thread_;
 };
 
