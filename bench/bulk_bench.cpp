@@ -47,14 +47,19 @@ options parse(int argc, char** argv) {
       if (i + 1 >= argc) throw std::invalid_argument(a + ": missing value");
       return argv[++i];
     };
-    if (a == "--database-url") o.database_url = value();
-    else if (a == "--patients") o.data.patients = std::stoul(value());
-    else if (a == "--observations") o.data.observations_per_patient = std::stoul(value());
-    else if (a == "--file-limit") o.file_limit = std::stoul(value());
+    if (a == "--database-url")
+      o.database_url = value();
+    else if (a == "--patients")
+      o.data.patients = std::stoul(value());
+    else if (a == "--observations")
+      o.data.observations_per_patient = std::stoul(value());
+    else if (a == "--file-limit")
+      o.file_limit = std::stoul(value());
     else if (a == "--help" || a == "-h") {
       std::cout << usage;
       std::exit(0);
-    } else throw std::invalid_argument("unknown option " + a + "\n" + usage);
+    } else
+      throw std::invalid_argument("unknown option " + a + "\n" + usage);
   }
   if (o.database_url.empty()) throw std::invalid_argument(std::string("no --database-url\n") + usage);
   return o;
@@ -228,7 +233,8 @@ int main(int argc, char** argv) {
     report("$export (runner, snapshot to files)", exported_lines, export_seconds,
            std::to_string(files) + " files, peak RSS " + std::to_string(rss_before) + " -> " +
                std::to_string(rss_after) + " MB");
-    report("download every file", exported_lines, download_seconds, std::to_string(exported.size() / (1024 * 1024)) + " MB");
+    report("download every file", exported_lines, download_seconds,
+           std::to_string(exported.size() / (1024 * 1024)) + " MB");
 
     gateway::resource_store copy(copy_url, 2);
     copy.migrate();

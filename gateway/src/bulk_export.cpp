@@ -2,13 +2,12 @@
 // answer from the export_job/export_file tables; export_runner produces the files.
 #include <unistd.h>
 
-#include <pqxx/pqxx>
-
 #include <algorithm>
 #include <cctype>
 #include <charconv>
 #include <ctime>
 #include <iostream>
+#include <pqxx/pqxx>
 #include <random>
 
 #include "bulk_internal.hpp"
@@ -66,25 +65,28 @@ class export_kickoff {
     bool lenient = prefer.find("handling=lenient") != std::string_view::npos;
     for (const char* unsupported : {"_typeFilter", "patient", "includeAssociatedData", "_elements"})
       if (call.param(unsupported) && !lenient)
-        throw fhir_failure(400, issue_type::not_supported,
-                           std::string(unsupported) + " is not supported by this server (Prefer: handling=lenient ignores it)",
-                           unsupported);
+        throw fhir_failure(
+            400, issue_type::not_supported,
+            std::string(unsupported) + " is not supported by this server (Prefer: handling=lenient ignores it)",
+            unsupported);
     std::vector<std::string> types = detail::parse_type_param(call, defs_);
     std::string since = detail::parse_since_param(call);
     if (level_ != "system")
       for (const auto& type : types)
         if (!std::binary_search(patient_types_.begin(), patient_types_.end(), type))
-          throw fhir_failure(400, issue_type::invalid,
-                             "_type: " + type + " is not in the Patient compartment, so a " + level_ +
-                                 "-level export has none",
-                             "_type");
+          throw fhir_failure(
+              400, issue_type::invalid,
+              "_type: " + type + " is not in the Patient compartment, so a " + level_ + "-level export has none",
+              "_type");
     if (level_ == "group") {
       auto group = store_.read(call.context, "Group", call.id);
       if (!group || group->deleted)
         throw fhir_failure(404, issue_type::not_found, "Group/" + call.id + " is not known");
     }
 
-    std::string path = level_ == "system" ? "$export" : level_ == "patient" ? "Patient/$export" : "Group/" + call.id + "/$export";
+    std::string path = level_ == "system"    ? "$export"
+                       : level_ == "patient" ? "Patient/$export"
+                                             : "Group/" + call.id + "/$export";
     std::string request_url = call.base_url + "/" + path;
     if (auto q = call.request.target.find('?'); q != std::string::npos) request_url += call.request.target.substr(q);
 
@@ -92,9 +94,8 @@ class export_kickoff {
     {
       auto conn = store_.acquire();
       pqxx::work tx(*conn);
-      std::vector<std::string> params{call.context.tenant, job_id,    request_url,
-                                      level_,              call.id,   detail::text_array(types),
-                                      since};
+      std::vector<std::string> params{call.context.tenant,       job_id, request_url, level_, call.id,
+                                      detail::text_array(types), since};
       tx.exec_params(
           "INSERT INTO export_job (tenant, job_id, status, request_url, level, group_id, types, since, progress) "
           "VALUES ($1, $2, 'queued', $3, $4, NULLIF($5, ''), "
@@ -239,13 +240,22 @@ struct job_handed_back {};
 void register_bulk_export(fhir_api& api, resource_store& store, bulk_export_options options,
                           const fhir::definitions& defs) {
   const std::string definition = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/";
-  api.add_operation({"export", operation_level::system, {}, {"GET"}, definition + "export",
-                     export_kickoff(store, defs, "system")});
-  api.add_operation({"export", operation_level::type, {"Patient"}, {"GET"}, definition + "patient-export",
+  api.add_operation(
+      {"export", operation_level::system, {}, {"GET"}, definition + "export", export_kickoff(store, defs, "system")});
+  api.add_operation({"export",
+                     operation_level::type,
+                     {"Patient"},
+                     {"GET"},
+                     definition + "patient-export",
                      export_kickoff(store, defs, "patient")});
-  api.add_operation({"export", operation_level::instance, {"Group"}, {"GET"}, definition + "group-export",
+  api.add_operation({"export",
+                     operation_level::instance,
+                     {"Group"},
+                     {"GET"},
+                     definition + "group-export",
                      export_kickoff(store, defs, "group")});
-  api.add_operation({"export-status", operation_level::system, {}, {"GET", "DELETE"}, "", export_status(store, options)});
+  api.add_operation(
+      {"export-status", operation_level::system, {}, {"GET", "DELETE"}, "", export_status(store, options)});
   api.add_operation({"export-file", operation_level::system, {}, {"GET"}, "", export_file_download(store)});
 }
 
@@ -289,9 +299,10 @@ class file_writer {
     pqxx::work tx(control_);
     hold_lease(tx);
     ++file_no_;
-    tx.exec_params("INSERT INTO export_file (tenant, job_id, file_no, res_type, line_count, body) "
-                   "VALUES ($1, $2, $3, $4, $5, $6)",
-                   tenant_, job_id_, file_no_, type_, static_cast<long long>(lines_), buffer_);
+    tx.exec_params(
+        "INSERT INTO export_file (tenant, job_id, file_no, res_type, line_count, body) "
+        "VALUES ($1, $2, $3, $4, $5, $6)",
+        tenant_, job_id_, file_no_, type_, static_cast<long long>(lines_), buffer_);
     tx.commit();
     buffer_.clear();
     buffer_.shrink_to_fit();
@@ -348,9 +359,10 @@ std::string export_sql(const std::string& level, const std::string& type, const 
     return "$" + std::to_string(params.size());
   };
   if (type == "Patient") return level == "group" ? sql + " AND c.res_id = ANY(" + add(members) + "::text[])" : sql;
-  sql += " AND EXISTS (SELECT 1 FROM index_reference i WHERE i.tenant = c.tenant AND i.res_type = c.res_type "
-         "AND i.res_id = c.res_id AND i.target_type = 'Patient' AND i.param = ANY(" +
-         add(detail::text_array(links)) + "::text[])";
+  sql +=
+      " AND EXISTS (SELECT 1 FROM index_reference i WHERE i.tenant = c.tenant AND i.res_type = c.res_type "
+      "AND i.res_id = c.res_id AND i.target_type = 'Patient' AND i.param = ANY(" +
+      add(detail::text_array(links)) + "::text[])";
   if (level == "group") sql += " AND i.target_id = ANY(" + add(members) + "::text[])";
   return sql + ")";
 }
@@ -364,7 +376,9 @@ export_runner::export_runner(std::string database_url, bulk_export_options optio
   name_ = std::string(host) + ":" + std::to_string(getpid()) + ":" + random_hex(8);
 }
 
-export_runner::~export_runner() { stop(); }
+export_runner::~export_runner() {
+  stop();
+}
 
 void export_runner::start() {
   std::lock_guard lock(mutex_);
@@ -405,8 +419,9 @@ void export_runner::loop() {
 std::size_t export_runner::remove_expired() {
   pqxx::connection conn(url_);
   pqxx::work tx(conn);
-  tx.exec("DELETE FROM export_file f USING export_job j WHERE j.tenant = f.tenant AND j.job_id = f.job_id "
-          "AND j.expires_at < now()");
+  tx.exec(
+      "DELETE FROM export_file f USING export_job j WHERE j.tenant = f.tenant AND j.job_id = f.job_id "
+      "AND j.expires_at < now()");
   auto removed = tx.exec("DELETE FROM export_job WHERE expires_at < now()");
   tx.commit();
   return removed.affected_rows();
@@ -478,7 +493,8 @@ void export_runner::run_job(job& j) {
       writer.begin_type(type);
       std::vector<std::string> params{j.tenant, type, j.since.empty() ? "-infinity" : j.since};
       std::string sql = export_sql(j.level, type, compartment_params, members_array, params);
-      snapshot.exec_params("DECLARE export_rows NO SCROLL CURSOR FOR " + sql, pqxx::prepare::make_dynamic_params(params));
+      snapshot.exec_params("DECLARE export_rows NO SCROLL CURSOR FOR " + sql,
+                           pqxx::prepare::make_dynamic_params(params));
       // Fewer rows per FETCH when resources are large (attachments): about 8 MB per batch.
       constexpr std::size_t batch_bytes = 8 * 1024 * 1024;
       std::size_t rows_per_fetch = std::min<std::size_t>(options_.fetch_rows, 50);
@@ -523,9 +539,10 @@ void export_runner::run_job(job& j) {
   } catch (const std::exception& e) {
     std::cerr << "export job " << j.id << " failed: " << e.what() << std::endl;
     pqxx::work tx(control);
-    tx.exec_params("DELETE FROM export_file WHERE tenant = $1 AND job_id = $2 AND EXISTS (SELECT 1 FROM export_job "
-                   "WHERE tenant = $1 AND job_id = $2 AND leased_by = $3)",
-                   j.tenant, j.id, name_);
+    tx.exec_params(
+        "DELETE FROM export_file WHERE tenant = $1 AND job_id = $2 AND EXISTS (SELECT 1 FROM export_job "
+        "WHERE tenant = $1 AND job_id = $2 AND leased_by = $3)",
+        j.tenant, j.id, name_);
     tx.exec_params(
         "UPDATE export_job SET status = 'failed', error = $4, finished_at = now(), "
         "expires_at = now() + make_interval(secs => $5), leased_by = NULL, leased_until = NULL "

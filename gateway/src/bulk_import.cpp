@@ -49,7 +49,8 @@ void ndjson_importer::add_line(std::string_view line, std::string where) {
     issues.error(issue_type::required, "a bulk load stores resources under their own id; this one has none");
     return reject(issues, subject);
   }
-  if (!fhir::validate_resource(resource, issues, {.check_required_bindings = true, .expected_type = type->text()}, defs_))
+  if (!fhir::validate_resource(resource, issues, {.check_required_bindings = true, .expected_type = type->text()},
+                               defs_))
     return reject(issues, subject);
   profiles::check_alliance_rules(resource, issues);
   if (issues.has_errors()) return reject(issues, subject);
@@ -65,7 +66,9 @@ void ndjson_importer::add_line(std::string_view line, std::string where) {
   if (pending_.size() >= options_.chunk_lines) write_chunk();
 }
 
-void ndjson_importer::finish() { write_chunk(); }
+void ndjson_importer::finish() {
+  write_chunk();
+}
 
 // One transaction for the chunk (put_all); when it fails, the lines are written one by one so
 // that only the failing ones are rejected.

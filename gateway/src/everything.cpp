@@ -1,11 +1,10 @@
 // Patient/[id]/$everything: one SQL statement per page over the patient's compartment and the
 // shared resources it references, ordered by (type, id) so a keyset cursor pages through it
 // stably while data changes and without holding more than one page in memory.
-#include <pqxx/pqxx>
-
 #include <charconv>
 #include <chrono>
 #include <ctime>
+#include <pqxx/pqxx>
 #include <random>
 
 #include "bulk_internal.hpp"

@@ -6,12 +6,11 @@
 
 #include <doctest/doctest.h>
 
-#include <pqxx/pqxx>
-
 #include <algorithm>
 #include <atomic>
 #include <filesystem>
 #include <map>
+#include <pqxx/pqxx>
 #include <set>
 #include <thread>
 
@@ -69,7 +68,8 @@ struct server {
   void put(const std::string& type, const std::string& id, const std::string& body) {
     fhir::value resource = test::parse_json_or_fail(body);
     resource.set("id", fhir::value::make_string(id));
-    auto res = call("PUT", "/fhir/" + type + "/" + id, {{"Content-Type", "application/fhir+json"}}, fhir::to_json(resource));
+    auto res =
+        call("PUT", "/fhir/" + type + "/" + id, {{"Content-Type", "application/fhir+json"}}, fhir::to_json(resource));
     REQUIRE_MESSAGE(res.status < 300, type << "/" << id << ": " << res.body);
   }
 
@@ -77,14 +77,17 @@ struct server {
   void load_patients(int first, int last, int observations) {
     for (int i = first; i <= last; ++i) {
       std::string p = "p" + std::to_string(i);
-      put("Patient", p, R"({"resourceType":"Patient","name":[{"family":"Family )" + std::to_string(i) +
-                            R"(","given":["名字"]}],"gender":"female","birthDate":"1980-01-0)" + std::to_string(1 + i % 9) +
-                            R"(","generalPractitioner":[{"reference":"Practitioner/doc"}]})");
+      put("Patient", p,
+          R"({"resourceType":"Patient","name":[{"family":"Family )" + std::to_string(i) +
+              R"(","given":["名字"]}],"gender":"female","birthDate":"1980-01-0)" + std::to_string(1 + i % 9) +
+              R"(","generalPractitioner":[{"reference":"Practitioner/doc"}]})");
       for (int k = 0; k < observations; ++k)
         put("Observation", p + "-o" + std::to_string(k),
             R"({"resourceType":"Observation","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"2339-0"}]},
-                "subject":{"reference":"Patient/)" + p + R"("},"performer":[{"reference":"Practitioner/doc"}],
-                "valueQuantity":{"value":)" + std::to_string(4 + k) + R"(,"unit":"mmol/L","system":"http://unitsofmeasure.org","code":"mmol/L"}})");
+                "subject":{"reference":"Patient/)" +
+                p + R"("},"performer":[{"reference":"Practitioner/doc"}],
+                "valueQuantity":{"value":)" +
+                std::to_string(4 + k) + R"(,"unit":"mmol/L","system":"http://unitsofmeasure.org","code":"mmol/L"}})");
     }
   }
 
@@ -199,7 +202,9 @@ TEST_CASE("$export kick-off: Prefer respond-async, _outputFormat, _type and the 
   CHECK(s.call("GET", "/fhir/$export-file/unknown/1").status == 404);
 }
 
-TEST_CASE("$export round trip: every file downloaded and loaded with $import into an empty database gives the same resources") {
+TEST_CASE(
+    "$export round trip: every file downloaded and loaded with $import into an empty database gives the same "
+    "resources") {
   server source("export_round_trip");
   source.put("Practitioner", "doc", R"({"resourceType":"Practitioner","name":[{"family":"Zhang"}]})");
   source.put("Organization", "org", R"({"resourceType":"Organization","name":"临沂市人民医院"})");
@@ -237,15 +242,16 @@ TEST_CASE("$export round trip: every file downloaded and loaded with $import int
   CHECK(target.contents().empty());
   auto loaded = target.call("POST", "/fhir/$import", {{"Content-Type", "application/fhir+ndjson"}}, join_lines(lines));
   REQUIRE_MESSAGE(loaded.status == 200, loaded.body);
-  CHECK(loaded.body.find(std::to_string(lines.size()) + " lines: " + std::to_string(lines.size()) + " created, 0 updated, 0 rejected") !=
-        std::string::npos);
+  CHECK(loaded.body.find(std::to_string(lines.size()) + " lines: " + std::to_string(lines.size()) +
+                         " created, 0 updated, 0 rejected") != std::string::npos);
   auto copied = target.contents();
   CHECK(copied.size() == expected.size());
   std::size_t differing = 0;
   for (const auto& [key, content] : expected) {
     auto it = copied.find(key);
     if (it == copied.end() || it->second != content) {
-      if (++differing <= 3) MESSAGE(key << " differs:\n" << content << "\n" << (it == copied.end() ? "(missing)" : it->second));
+      if (++differing <= 3)
+        MESSAGE(key << " differs:\n" << content << "\n" << (it == copied.end() ? "(missing)" : it->second));
     }
   }
   CHECK(differing == 0);
@@ -279,7 +285,9 @@ TEST_CASE("$export at Patient and Group level holds only those patients' compart
   std::this_thread::sleep_for(std::chrono::milliseconds(20));
   auto before = s.complete(s.kickoff("/fhir/$export?_type=Practitioner"));
   std::string since = before.find("transactionTime")->text();
-  s.put("Observation", "p2-o0", R"({"resourceType":"Observation","status":"amended","code":{"text":"x"},"subject":{"reference":"Patient/p2"}})");
+  s.put(
+      "Observation", "p2-o0",
+      R"({"resourceType":"Observation","status":"amended","code":{"text":"x"},"subject":{"reference":"Patient/p2"}})");
   auto changed = server::keys_of(s.download(s.complete(s.kickoff("/fhir/$export?_since=" + since))));
   CHECK(changed == keys{"Observation/p2-o0"});
 }
@@ -319,8 +327,9 @@ TEST_CASE("$export: a job whose runner died is taken over once its lease expires
   std::string status = s.kickoff("/fhir/Patient/$export");
   std::string job = status.substr(status.rfind('/') + 1);
   // Another gateway claimed it, wrote a partial file and died.
-  s.sql("UPDATE export_job SET status = 'running', leased_by = 'dead-runner', leased_until = now() + interval '1 hour', "
-        "progress = '3 resources written (Patient)'");
+  s.sql(
+      "UPDATE export_job SET status = 'running', leased_by = 'dead-runner', leased_until = now() + interval '1 hour', "
+      "progress = '3 resources written (Patient)'");
   s.sql("INSERT INTO export_file (tenant, job_id, file_no, res_type, line_count, body) VALUES ('default', '" + job +
         "', 1, 'Patient', 1, '{\"resourceType\":\"Patient\",\"id\":\"partial\"}\n')");
   CHECK_FALSE(s.runner.run_once());  // the lease still holds
@@ -349,13 +358,19 @@ TEST_CASE("$export: a job whose runner died is taken over once its lease expires
 TEST_CASE("$import: per-line errors with their line numbers, the valid lines kept") {
   server s("bulk_import");
   std::string body =
-      R"({"resourceType":"Patient","id":"a","name":[{"family":"Li"}]})" "\n"
+      R"({"resourceType":"Patient","id":"a","name":[{"family":"Li"}]})"
       "\n"
-      R"({"resourceType":"Patient","id":"b","birthDate":"not-a-date"})" "\n"
-      R"(this is not json)" "\n"
-      R"({"resourceType":"Patient","name":[{"family":"no id"}]})" "\n"
-      R"({"resourceType":"Nonsense","id":"x"})" "\n"
-      R"({"resourceType":"Observation","id":"o","status":"final","code":{"text":"t"},"subject":{"reference":"Patient/a"}})" "\r\n"
+      "\n"
+      R"({"resourceType":"Patient","id":"b","birthDate":"not-a-date"})"
+      "\n"
+      R"(this is not json)"
+      "\n"
+      R"({"resourceType":"Patient","name":[{"family":"no id"}]})"
+      "\n"
+      R"({"resourceType":"Nonsense","id":"x"})"
+      "\n"
+      R"({"resourceType":"Observation","id":"o","status":"final","code":{"text":"t"},"subject":{"reference":"Patient/a"}})"
+      "\r\n"
       R"({"resourceType":"Patient","id":"a","name":[{"family":"Li"},{"family":"李"}]})";
   auto res = s.call("POST", "/fhir/$import", {{"Content-Type", "application/fhir+ndjson"}}, body);
   REQUIRE_MESSAGE(res.status == 200, res.body);
@@ -410,7 +425,8 @@ TEST_CASE("$export: a resource larger than the file limit gets a file of its own
   s.put("Patient", "p1", R"({"resourceType":"Patient","name":[{"family":"Wang"}]})");
   s.put("DocumentReference", "scan",
         R"({"resourceType":"DocumentReference","status":"current","subject":{"reference":"Patient/p1"},
-            "content":[{"attachment":{"contentType":"application/pdf","data":")" + data + R"("}}]})");
+            "content":[{"attachment":{"contentType":"application/pdf","data":")" +
+            data + R"("}}]})");
   s.put("DocumentReference", "note",
         R"({"resourceType":"DocumentReference","status":"current","subject":{"reference":"Patient/p1"},
             "content":[{"attachment":{"contentType":"text/plain","data":"aGVsbG8="}}]})");
@@ -429,7 +445,7 @@ TEST_CASE("$export: a runner that stops (gateway shutdown) hands its job back to
   server s("export_hand_back");
   s.load_patients(1, 3, 2);
   std::string status = s.kickoff("/fhir/$export");
-  s.runner.stop();           // as on SIGTERM: the job it claims next is handed back after one batch
+  s.runner.stop();  // as on SIGTERM: the job it claims next is handed back after one batch
   CHECK(s.runner.run_once());
   auto queued = s.call("GET", status);
   CHECK(queued.status == 202);

@@ -1,8 +1,6 @@
 // Patient/[id]/$everything through fhir_api::handle against PostgreSQL: the compartment plus the
 // shared resources it references (and no other patient's data), _type, _since, keyset pages, POST,
 // and 404 for an unknown or deleted patient.
-#include "yilian/gateway/bulk_data.hpp"
-
 #include <doctest/doctest.h>
 
 #include <set>
@@ -11,6 +9,7 @@
 #include "test_database.hpp"
 #include "test_support.hpp"
 #include "yilian/fhir/json.hpp"
+#include "yilian/gateway/bulk_data.hpp"
 #include "yilian/gateway/fhir_api.hpp"
 #include "yilian/gateway/resource_store.hpp"
 
@@ -120,14 +119,15 @@ struct everything_fixture {
   }
 };
 
-const keys p1_everything = {"Patient/p1",      "Organization/org1", "Practitioner/pr1", "Observation/o1",
-                            "Observation/o2",  "Observation/o3",    "Observation/o4",   "Observation/o5",
-                            "Observation/o7",  "Encounter/e1",      "Location/loc1",    "MedicationRequest/mr1",
+const keys p1_everything = {"Patient/p1",     "Organization/org1", "Practitioner/pr1", "Observation/o1",
+                            "Observation/o2", "Observation/o3",    "Observation/o4",   "Observation/o5",
+                            "Observation/o7", "Encounter/e1",      "Location/loc1",    "MedicationRequest/mr1",
                             "Medication/med1"};
 
 }  // namespace
 
-TEST_CASE_FIXTURE(everything_fixture, "$everything: the compartment, the shared resources it references, nothing of another patient") {
+TEST_CASE_FIXTURE(everything_fixture,
+                  "$everything: the compartment, the shared resources it references, nothing of another patient") {
   std::size_t pages = 0;
   auto found = all_pages("/fhir/Patient/p1/$everything", pages);
   CHECK(pages == 1);
@@ -178,7 +178,8 @@ TEST_CASE_FIXTURE(everything_fixture, "$everything: _type and _since, GET and PO
   fhir::value changed = put("Observation", "o3", observation("p1", "pr1"));
   std::string since = changed.find("meta")->find("lastUpdated")->text();
   std::string encoded = since;
-  for (auto pos = encoded.find('+'); pos != std::string::npos; pos = encoded.find('+', pos)) encoded.replace(pos, 1, "%2B");
+  for (auto pos = encoded.find('+'); pos != std::string::npos; pos = encoded.find('+', pos))
+    encoded.replace(pos, 1, "%2B");
   auto recent = all_pages("/fhir/Patient/p1/$everything?_since=" + encoded, pages);
   CHECK(keys(recent.begin(), recent.end()) == keys{"Observation/o3"});
   CHECK(call("GET", "/fhir/Patient/p1/$everything?_since=yesterday").status == 400);

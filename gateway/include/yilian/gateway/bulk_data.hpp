@@ -41,11 +41,11 @@ void register_everything(fhir_api& api, resource_store& store, everything_option
 
 struct bulk_export_options {
   std::size_t max_file_bytes = 64 * 1024 * 1024;  // an NDJSON file is split beyond this size
-  std::chrono::seconds expiry{3600};               // completed/failed jobs and files are deleted after
-  std::chrono::seconds lease{60};                  // a runner's claim on a job, renewed while it works
-  std::chrono::milliseconds poll_interval{1000};   // how often an idle runner looks for queued jobs
-  std::size_t fetch_rows = 500;                    // rows per FETCH from the export cursor
-  std::chrono::seconds retry_after{2};             // Retry-After on status answers while in progress
+  std::chrono::seconds expiry{3600};              // completed/failed jobs and files are deleted after
+  std::chrono::seconds lease{60};                 // a runner's claim on a job, renewed while it works
+  std::chrono::milliseconds poll_interval{1000};  // how often an idle runner looks for queued jobs
+  std::size_t fetch_rows = 500;                   // rows per FETCH from the export cursor
+  std::chrono::seconds retry_after{2};            // Retry-After on status answers while in progress
 };
 
 // Kick-off ($export at system level, Patient/$export, Group/[id]/$export), status and cancel
@@ -86,7 +86,7 @@ class export_runner {
   std::string url_;
   bulk_export_options options_;
   const fhir::definitions& defs_;
-  std::string name_;  // leased_by: host, pid and a random suffix
+  std::string name_;                               // leased_by: host, pid and a random suffix
   std::shared_ptr<pqxx::connection_base> claims_;  // kept between polls; reopened after a failure
   std::mutex mutex_;
   std::condition_variable wake_;
@@ -100,8 +100,8 @@ struct bulk_import_options {
 
 // Outcome of a bulk load: per-line errors (location "line N", file-prefixed for files) and counts.
 struct import_report {
-  std::size_t lines = 0;     // non-blank lines seen
-  std::size_t created = 0;   // first versions written
+  std::size_t lines = 0;    // non-blank lines seen
+  std::size_t created = 0;  // first versions written
   std::size_t updated = 0;
   std::size_t rejected = 0;
   fhir::issue_list issues;
