@@ -46,6 +46,9 @@ struct location {
   int component = 0;
   int subcomponent = 0;
   std::string text() const;
+  // The inverse of text() ("OBX[2]-5(3).1.2"); nullopt when the notation is malformed.
+  static std::optional<location> parse(std::string_view notation);
+  bool operator==(const location&) const = default;
 };
 
 struct problem {
@@ -57,19 +60,30 @@ struct problem {
 
 // A leaf or composite value. A field holds repetitions; each repetition holds components, each
 // component sub-components. `null` is the HL7 explicit null "" (delete the value downstream).
+// A null repetition has no components. A component sent as `""` among others (`a^""^c`) keeps the
+// two quotes as its text.
 struct component {
   std::vector<std::string> subcomponents;  // decoded UTF-8, escapes resolved
+  bool operator==(const component&) const = default;
 };
 struct repetition {
   std::vector<component> components;
   bool null = false;
+  bool operator==(const repetition&) const = default;
 };
 struct field {
   std::vector<repetition> repetitions;  // empty: the field was empty
+  bool operator==(const field&) const = default;
 };
 struct segment {
   std::string id;              // "MSH", "PID", "ZPI"
   std::vector<field> fields;   // fields[0] is field 1 (for MSH: MSH-1, the field separator)
+
+  // Field `number` (1-based), or null when the segment has fewer fields.
+  const field* field_at(int number) const;
+  // One leaf (all numbers 1-based); "" when absent or null.
+  std::string value(int field, int repetition = 1, int component = 1, int subcomponent = 1) const;
+  bool operator==(const segment&) const = default;
 };
 
 struct delimiters {
@@ -94,6 +108,8 @@ class message {
   // A leaf value by location: "PID-5.1", "PID-3(2).4.1", "OBX[2]-5"; "" when absent. Components
   // and sub-components default to the first.
   std::string value(std::string_view path) const;
+  // Whether the field repetition at `path` ("PID-8", "PID-3(2)") is the HL7 null "".
+  bool is_null(std::string_view path) const;
 
   // MSH shortcuts.
   std::string message_type() const;     // MSH-9.1 ("ORU")
@@ -106,6 +122,10 @@ class message {
 struct parse_options {
   // Applied when MSH-18 is empty: e.g. "GB18030" for a sender known to omit it.
   std::string default_charset;
+  // Larger inputs are refused with one problem (no segment is read).
+  std::size_t max_bytes = 64u << 20;
+  // Most leaf values kept; parsing stops with a problem beyond (bounds memory on hostile input).
+  std::size_t max_values = 4'000'000;
 };
 
 struct parse_result {
@@ -118,6 +138,13 @@ struct parse_result {
 parse_result parse(std::string_view bytes, const parse_options& options = {});
 
 // ER7 text of a message built or changed in code (escapes applied), segments ended by \r.
+// MSH-1/MSH-2 come from m.separators; the text is converted to the charset MSH-18 names (UTF-8
+// when empty or unknown; characters that charset cannot hold become '?').
 std::string encode(const message& m);
+
+// The iconv name for an MSH-18 value (HL7 table 0211 names and common aliases: "UNICODE UTF-8",
+// "GB 18030-2000", "GBK", "GB2312", "CNS 11643-1992", "BIG-5", "8859/1"...); "UTF-8" for an
+// empty value; nullopt when unknown.
+std::optional<std::string> iconv_charset(std::string_view msh18);
 
 }  // namespace yilian::mappers::hl7v2
