@@ -2,10 +2,10 @@
 //
 // parse() reads the delimiters from MSH-1/MSH-2, converts the text to UTF-8 as MSH-18 says
 // (UTF-8 by default; GB 18030 / GBK / GB 2312 as many Chinese HIS and LIS send, through iconv),
-// splits segments on \r, \n or \r\n, and resolves escape sequences (\F\ \S\ \T\ \R\ \E\ \Xhh\
-// \.br\) in every leaf value. Z-segments are kept like any other. An empty field and the HL7 null
-// `""` stay different. Problems are values with a location and a table 0357 code, never crashes;
-// malformed input still yields every segment that could be read.
+// splits segments on \r, \n or \r\n, and resolves escape sequences (\F\ \S\ \T\ \R\ \E\ \.br\,
+// and \Xhh..\ hex bytes) in every leaf value. Z-segments are kept like any other. An empty field
+// and the HL7 null `""` stay different. Problems are values with a location and a table 0357 code,
+// never crashes; malformed input still yields every segment that could be read.
 #pragma once
 
 #include <cstddef>
