@@ -223,11 +223,17 @@ std::optional<std::string> mapper::date(const std::string& ts, const location& w
 }
 
 std::string mapper::authority_system(const std::string& namespace_id, const std::string& universal_id,
-                                     const std::string& universal_type, std::string_view fallback) const {
-  if (!namespace_id.empty())
-    if (auto it = options.authority_systems.find(namespace_id); it != options.authority_systems.end()) return it->second;
+                                     const std::string& universal_type, std::string_view fallback,
+                                     const std::string& identifier_type) const {
+  // "AUTHORITY^TYPE" entries first (one hospital assigns MRNs and visit numbers), then "AUTHORITY".
+  for (const std::string* authority : {&namespace_id, &universal_id}) {
+    if (authority->empty()) continue;
+    if (!identifier_type.empty())
+      if (auto it = options.authority_systems.find(*authority + "^" + identifier_type); it != options.authority_systems.end())
+        return it->second;
+    if (auto it = options.authority_systems.find(*authority); it != options.authority_systems.end()) return it->second;
+  }
   if (!universal_id.empty()) {
-    if (auto it = options.authority_systems.find(universal_id); it != options.authority_systems.end()) return it->second;
     if (universal_type == "ISO" || standard_code_system(universal_id).value_or("").starts_with("urn:oid:"))
       return "urn:oid:" + universal_id;
     if (universal_type == "URI" || universal_type == "URL") return universal_id;
@@ -246,7 +252,7 @@ std::optional<fhir::value> mapper::identifier_cx(const repetition* cx, std::stri
   if (id.size() == 18 && profiles::parse_national_id(id)) {
     system = std::string(profiles::identifier_system::national_id);
   } else {
-    system = authority_system(part(cx, 4, 1), part(cx, 4, 2), part(cx, 4, 3), fallback);
+    system = authority_system(part(cx, 4, 1), part(cx, 4, 2), part(cx, 4, 3), fallback, type);
     if (system == profiles::identifier_system::national_id)
       problem_at(where, error_code::data_type,
                  "居民身份证号 '" + id + "' fails the GB 11643 check (length, birth date or check digit)", false);
@@ -509,7 +515,7 @@ std::optional<std::string> mapper::practitioner(const repetition* xcn, const loc
   std::string id = part(xcn, 1);
   if (id.empty()) return std::nullopt;
   fhir::value identifier = fhir::value::make_object();
-  identifier.set("system", str(authority_system(part(xcn, 9, 1), part(xcn, 9, 2), part(xcn, 9, 3), "practitioner")));
+  identifier.set("system", str(authority_system(part(xcn, 9, 1), part(xcn, 9, 2), part(xcn, 9, 3), "practitioner", part(xcn, 13))));
   identifier.set("value", str(id));
   fhir::value resource = fhir::value::make_object();
   resource.set("resourceType", str("Practitioner"));

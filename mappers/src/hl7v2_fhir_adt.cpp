@@ -102,8 +102,10 @@ std::vector<std::string> mapper::map_locations(const repetition* pl, const locat
   // Locations, each partOf the previous, most specific last; identity is the path within the facility.
   std::vector<std::string> urns;
   if (!pl) return urns;
-  std::string facility_name = part(pl, 4, 1);
-  std::string path = facility_name;
+  // The facility PL-4 names owns the identity (HIS and LIS name the same bed), else the sender.
+  std::string owner = part(pl, 4, 1).empty() ? facility : part(pl, 4, 1);
+  std::string system = "urn:yilian:local:" + percent_encode(owner) + ":location";
+  std::string path;
   std::optional<std::string> parent;
   struct level {
     int component;
@@ -113,9 +115,9 @@ std::vector<std::string> mapper::map_locations(const repetition* pl, const locat
   for (level l : {level{1, "wa", "Ward"}, level{2, "ro", "Room"}, level{3, "bd", "Bed"}}) {
     std::string name = part(pl, l.component, 1);
     if (name.empty()) continue;
-    path += "/" + name;
+    path += (path.empty() ? "" : "/") + name;
     fhir::value identifier = fhir::value::make_object();
-    identifier.set("system", str(local_system("location")));
+    identifier.set("system", str(system));
     identifier.set("value", str(path));
     fhir::value resource = fhir::value::make_object();
     resource.set("resourceType", str("Location"));
@@ -125,7 +127,7 @@ std::vector<std::string> mapper::map_locations(const repetition* pl, const locat
     resource.set("physicalType", table_concept("http://terminology.hl7.org/CodeSystem/location-physical-type",
                                                l.physical_type, l.display));
     if (parent) resource.set("partOf", reference(*parent));
-    std::string urn = add_entry("Location|" + path, std::move(resource), identifier, where);
+    std::string urn = add_entry("Location|" + system + "|" + path, std::move(resource), identifier, where);
     urns.push_back(urn);
     parent = urn;
   }

@@ -56,7 +56,8 @@ class mapper {
   std::optional<std::string> date(const std::string& ts, const location& where);
 
   std::string authority_system(const std::string& namespace_id, const std::string& universal_id,
-                               const std::string& universal_type, std::string_view fallback) const;
+                               const std::string& universal_type, std::string_view fallback,
+                               const std::string& identifier_type = {}) const;
   std::optional<fhir::value> identifier_cx(const repetition* cx, std::string_view fallback, const location& where);
   // EI starting at component `first` (entity id, namespace, universal id, type).
   std::optional<fhir::value> identifier_ei(const repetition* ei, int first, std::string_view fallback,

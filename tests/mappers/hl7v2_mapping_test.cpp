@@ -30,7 +30,9 @@ v2::message parse_file(const fs::path& path) {
 
 v2::mapping_options alliance_options() {
   v2::mapping_options options;
-  options.authority_systems = {{"ZJRMYY", "urn:oid:2.16.156.10011.1.12.330100001"}};
+  // The lead hospital's HIS: its MRNs and visit numbers; practitioners stay sender-local.
+  options.authority_systems = {{"ZJRMYY^MR", "https://his.zjrmyy.example/fhir/sid/mrn"},
+                               {"ZJRMYY^VN", "https://his.zjrmyy.example/fhir/sid/visit-number"}};
   return options;
 }
 
@@ -138,7 +140,7 @@ TEST_CASE("Chinese LIS ORU^R01: 身份证号, UCUM units, ranges, flags, perform
   CHECK(first.find("request")->find("url")->text() == "Patient?identifier=urn:oid:2.16.156.10011.1.3%7C500103195207304518");
   const auto& ids = patients[0]->find("identifier")->items();
   REQUIRE(ids.size() == 2);
-  CHECK(ids[0].find("system")->text() == "urn:oid:2.16.156.10011.1.12.330100001");
+  CHECK(ids[0].find("system")->text() == "https://his.zjrmyy.example/fhir/sid/mrn");
   CHECK(ids[1].find("system")->text() == profiles::identifier_system::national_id);
   CHECK(patients[0]->find("name")->items()[0].find("text")->text() == "陈国华");
   CHECK(patients[0]->find("gender")->text() == "male");
@@ -180,7 +182,8 @@ TEST_CASE("Chinese LIS ORU^R01: 身份证号, UCUM units, ranges, flags, perform
   // The lab is one Organization with its identifier, performer of every result and report.
   auto organizations = resources_of(bundle, "Organization");
   REQUIRE(organizations.size() == 1);
-  CHECK(organizations[0]->find("identifier")->items()[0].find("value")->text() == "330100001-JYK");
+  CHECK(organizations[0]->find("identifier")->items()[0].find("system")->text() == profiles::identifier_system::organization);
+  CHECK(organizations[0]->find("identifier")->items()[0].find("value")->text() == "47011661-4");
   CHECK(organizations[0]->find("name")->text() == "浙江省人民医院检验科");
 
   // Observation identity: filler number + test code.
