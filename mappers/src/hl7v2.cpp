@@ -361,7 +361,7 @@ class parser {
           std::string& value = comp.subcomponents.emplace_back();
           if (!decode(leaf, value))
             report({id, occurrence(id, m), number, static_cast<int>(rep_index + 1), static_cast<int>(component_index + 1),
-                    static_cast<int>(sub_index + 1)},
+                    sub_index > 0 ? static_cast<int>(sub_index + 1) : 0},
                    error_code::data_type, "\\X..\\ escape holds bytes that are not valid in the message's character set");
           return true;
         });
@@ -459,7 +459,7 @@ class parser {
     where.field = header ? field_number + 1 : field_number;
     where.repetition = rep;
     where.component = comp;
-    where.subcomponent = sub;
+    where.subcomponent = sub > 1 ? sub : 0;  // named only past the first, like read_field does
     return where;
   }
 
