@@ -303,9 +303,14 @@ value run_transaction(resource_store& store, const request_context& ctx, std::ve
   });
 
   std::vector<value> replies(entries.size());
-  auto unit = store.begin(ctx);
+  // The caller's open transaction (a message adapter recording the message with its resources)
+  // or one of our own.
+  std::unique_ptr<store_transaction> own;
   request_context tctx = ctx;
-  tctx.transaction = unit.get();
+  if (!ctx.transaction) {
+    own = store.begin(ctx);
+    tctx.transaction = own.get();
+  }
 
   auto run = [&](planned_entry& e) {
     entry_call call = call_for(e, tctx, options);
@@ -391,7 +396,7 @@ value run_transaction(resource_store& store, const request_context& ctx, std::ve
     }
     run(e);
   }
-  store.commit(*unit);
+  if (own) store.commit(*own);
   return response_bundle("transaction-response", std::move(replies));
 }
 
@@ -432,6 +437,10 @@ value process_bundle(resource_store& store, const request_context& ctx, value bu
   if (type == "batch") {
     auto entries = plan_entries(bundle, options, false);
     return run_batch(ctx, entries, host, options);
+  }
+  if (ctx.transaction) {  // inside the caller's transaction: the caller retries and commits
+    auto entries = plan_entries(bundle, options, true);
+    return run_transaction(store, ctx, entries, host, options);
   }
   for (int attempt = 1;; ++attempt) {
     value working = attempt == max_transaction_attempts ? std::move(bundle) : bundle;  // references get rewritten

@@ -56,7 +56,8 @@ struct bundle_options {
 };
 
 // `bundle` has been parsed and validated as a Bundle. Returns the transaction-response or
-// batch-response Bundle; a failed transaction throws fhir_failure naming the entry.
+// batch-response Bundle; a failed transaction throws fhir_failure naming the entry. When `ctx`
+// carries an open store transaction, a transaction Bundle joins it and the caller commits.
 fhir::value process_bundle(resource_store& store, const request_context& ctx, fhir::value bundle,
                            const bundle_host& host, const bundle_options& options);
 

@@ -1167,6 +1167,14 @@ struct fhir_api::impl {
   http_response bundle_interaction(const call& c) const {
     if (c.ctx.transaction) fail(400, issue_type::not_supported, "A Bundle entry cannot itself be a transaction or batch");
     value bundle = parse_resource_body(c.req);
+    bool representation =
+        parse_prefer_return(c.req) == prefer_return::representation && !c.req.header("Prefer").empty();
+    return body_response(200, c, process_bundle(c, std::move(bundle), representation));
+  }
+
+  // Validates and runs a transaction or batch Bundle; `outer` gives the base URL and headers.
+  value process_bundle(const call& outer, value bundle, bool return_representation) const {
+    const call& c = outer;
     if (const value* rt = bundle.find("resourceType"); !rt || rt->text() != "Bundle")
       fail(400, issue_type::invalid, "POST to the base URL takes a transaction or batch Bundle", "resourceType");
     // A transaction is validated whole (the first problem fails it before any write); a batch's
@@ -1192,9 +1200,8 @@ struct fhir_api::impl {
     detail::bundle_options bo;
     bo.max_entries = options.max_bundle_entries;
     bo.base_url = c.base;
-    bo.return_representation = parse_prefer_return(c.req) == prefer_return::representation &&
-                               !c.req.header("Prefer").empty();
-    return body_response(200, c, detail::process_bundle(store, c.ctx, std::move(bundle), host, bo));
+    bo.return_representation = return_representation;
+    return detail::process_bundle(store, c.ctx, std::move(bundle), host, bo);
   }
 
   // One Bundle entry through the same routing as a request of its own (JSON in and out).
@@ -1346,6 +1353,21 @@ fhir_api::fhir_api(resource_store& store, fhir_api_options options, const fhir::
 fhir_api::~fhir_api() = default;
 
 http_response fhir_api::handle(const http_request& request) const { return impl_->handle(request); }
+
+fhir::value fhir_api::process_transaction(const request_context& ctx, fhir::value bundle) const {
+  http_request req;
+  req.method = "POST";
+  req.target = impl_->options.base_path;
+  impl::call c{req, {}, {}, ctx, impl_->options.base_url.empty() ? "http://localhost" + impl_->options.base_path
+                                                                   : impl_->options.base_url};
+  try {
+    return impl_->process_bundle(c, std::move(bundle), false);
+  } catch (const api_error& e) {
+    throw fhir_failure(e.status, e.issues);
+  } catch (const store_error& e) {
+    throw fhir_failure(e.kind() == store_error_kind::multiple_matches ? 412 : 400, fhir::issue_type::processing, e.what());
+  }
+}
 
 void fhir_api::add_operation(operation_definition operation) {
   impl_->operations.push_back(std::move(operation));

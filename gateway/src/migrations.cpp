@@ -220,6 +220,30 @@ CREATE TABLE export_file (
   PRIMARY KEY (tenant, job_id, file_no)
 );
 )sql"},
+      {5, "HL7 v2 message log: duplicates, dead letters, replay",
+       R"sql(
+-- Every HL7 v2 message an adapter received. An accepted message's row is written in the same
+-- transaction as its resources, so a duplicate (same sender and MSH-10) finds it and gets the
+-- original ACK without being applied twice. Messages answered AE/AR stay here as dead letters
+-- (raw bytes as received, whatever the charset) to be listed and replayed after a fix.
+CREATE TABLE hl7_message (
+  tenant       text        NOT NULL,
+  message_id   text        NOT NULL,        -- server id (dead-letter listing and replay)
+  sender       text        NOT NULL,        -- MSH-3^MSH-4 ("" when unparseable)
+  control_id   text        NOT NULL,        -- MSH-10
+  message_type text        NOT NULL,        -- MSH-9 ("ORU^R01")
+  status       text        NOT NULL,        -- accepted | error (AE) | rejected (AR) | replayed
+  received_at  timestamptz NOT NULL DEFAULT now(),
+  peer         text        NOT NULL DEFAULT '',
+  raw          bytea       NOT NULL,
+  ack          text        NOT NULL,        -- the ACK sent
+  error        text,                        -- why AE/AR
+  attempts     int         NOT NULL DEFAULT 1,
+  PRIMARY KEY (tenant, message_id)
+);
+CREATE UNIQUE INDEX hl7_message_accepted ON hl7_message (tenant, sender, control_id) WHERE status = 'accepted';
+CREATE INDEX hl7_message_status ON hl7_message (tenant, status, received_at);
+)sql"},
   };
   return all;
 }

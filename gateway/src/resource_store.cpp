@@ -749,6 +749,13 @@ void resource_store::read_with(const request_context& ctx, const std::function<v
   }
 }
 
+void resource_store::execute_in(store_transaction& transaction,
+                                const std::function<void(pqxx::transaction_base&)>& body) {
+  auto& st = *transaction.get();
+  st.buffer->flush();
+  body(*st.tx);
+}
+
 void resource_store::lock_for_write(const request_context& ctx,
                                     const std::vector<std::pair<std::string, std::string>>& resources) {
   store_transaction::state* unit = transaction_state(ctx);

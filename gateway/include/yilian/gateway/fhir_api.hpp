@@ -31,6 +31,12 @@ class fhir_api {
   // Never throws: every failure is answered with an OperationOutcome.
   http_response handle(const http_request& request) const;
 
+  // Validates and runs a transaction (or batch) Bundle built in code, e.g. by a message adapter,
+  // as POST [base] would. With `ctx.transaction` set, a transaction joins that open store
+  // transaction and the caller commits (to record the message with its resources). Returns the
+  // transaction-response; throws fhir_failure (status and OperationOutcome, naming the entry).
+  fhir::value process_transaction(const request_context& ctx, fhir::value bundle) const;
+
   // Registers an operation (before serving: not thread-safe against handle()). It is routed by
   // level and name and listed in the CapabilityStatement.
   void add_operation(operation_definition operation);

@@ -187,6 +187,9 @@ class resource_store {
   // never retried one by one: on a conflict the caller retries the whole unit.
   std::unique_ptr<store_transaction> begin(const request_context& ctx);
   void commit(store_transaction& transaction);
+  // Runs `body` in an open transaction (its buffered writes sent first): rows a caller keeps next
+  // to the resources, committed or rolled back with them (a message adapter's message log).
+  void execute_in(store_transaction& transaction, const std::function<void(pqxx::transaction_base&)>& body);
   // Inside an open transaction: locks the named resources' current rows in one statement, so
   // the writes that follow need no round trip each (transaction Bundles of many PUTs).
   void lock_for_write(const request_context& ctx, const std::vector<std::pair<std::string, std::string>>& resources);
