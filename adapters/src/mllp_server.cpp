@@ -380,14 +380,17 @@ struct mllp_server::impl {
       counted busy(in_flight);  // before the check: stop() sees either this message or `stopping`
       if (stopping.load()) co_return;  // not handed out, not ACKed: the sender re-sends it
       tcp.expires_never();
-      std::string ack;
+      // A named task, not a temporary in the co_await expression: g++ 12 destroys such
+      // temporaries twice.
+      std::function<std::string()> task;
       if (got == frame_reader::result::message) {
-        ack = co_await run_on_worker(
-            [this, message = reader.take_message(), &peer] { return handle_message(message, peer); });
+        task = [this, message = reader.take_message(), &peer] { return handle_message(message, peer); };
       } else {
-        ack = co_await run_on_worker([this, prefix = reader.oversize_prefix(), bytes = reader.oversize_bytes(),
-                                      &peer] { return handle_oversize(prefix, bytes, peer); });
+        task = [this, prefix = reader.oversize_prefix(), bytes = reader.oversize_bytes(), &peer] {
+          return handle_oversize(prefix, bytes, peer);
+        };
       }
+      std::string ack = co_await run_on_worker(std::move(task));
       if (ack.empty()) co_return;
       std::string framed = frame(ack);
       tcp.expires_after(options.read_timeout);
@@ -534,7 +537,7 @@ struct mllp_client::impl {
   std::optional<tcp::socket> plain;
   std::optional<ssl::stream<tcp::socket>> tls;
   std::string received;  // bytes read and not yet returned
-  bool broken = false;   // a timed-out operation was cancelled: the stream state is unknown
+  bool broken = false;   // a TLS operation timed out and was cancelled
 
   tcp::socket& socket() { return tls ? tls->next_layer() : *plain; }
 
@@ -554,10 +557,11 @@ struct mllp_client::impl {
     ioc.restart();
     ioc.run_for(timeout);
     if (!done) {
-      broken = true;
+      // A cancelled TCP read leaves the connection usable (nothing was consumed); a write may have
+      // sent part of a frame, and a TLS stream after a cancelled operation is in no defined state.
+      broken = tls.has_value() || what == "write";
       boost::system::error_code ignored;
       socket().cancel(ignored);
-      socket().close(ignored);
       ioc.restart();
       ioc.run();
       throw mllp_error("MLLP " + std::string(what) + " timed out after " + std::to_string(timeout.count()) + " ms");
