@@ -100,7 +100,12 @@ std::string make_ack(const message* received, ack_code code, const std::vector<p
   };
 
   message ack;
-  if (received) ack.separators = received->separators;
+  // The sender's delimiters, unless its MSH-2 left some unnamed (the ACK needs all four).
+  if (received) {
+    const delimiters& theirs = received->separators;
+    if (theirs.component != 0 && theirs.repetition != 0 && theirs.escape != 0 && theirs.subcomponent != 0)
+      ack.separators = theirs;
+  }
   const delimiters& d = ack.separators;
   std::string version = received_msh ? received_msh->value(12) : std::string();
   if (version.empty()) version = "2.5";

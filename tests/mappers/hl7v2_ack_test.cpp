@@ -141,3 +141,15 @@ TEST_CASE("enhanced acknowledgment: MSH-15/16 ask, CA/CE/CR answer") {
   CHECK(ack.value("MSA-1") == "CA");
   CHECK(hl7::to_string(hl7::ack_code::CE) == "CE");
 }
+
+TEST_CASE("a sender whose MSH-2 leaves delimiters unnamed gets an ACK in the standard ones") {
+  // Found by the fuzzer: components joined by a NUL "delimiter" made MSH-9 unreadable.
+  const hl7::parse_result r = hl7::parse(std::string_view("MSH|^~|A|B|C|D|20260303||ADT^A01|X1|P|2.5\rPID|1"));
+  REQUIRE(r.parsed);
+  CHECK(r.parsed->separators.escape == 0);
+  const auto ack = ack_of(&*r.parsed, hl7::ack_code::AA, {});
+  CHECK(ack.value("MSH-2") == "^~\\&");
+  CHECK(ack.message_type() == "ACK");
+  CHECK(ack.trigger_event() == "A01");
+  CHECK(ack.value("MSA-2") == "X1");
+}
