@@ -3,7 +3,7 @@
 //   import     bulk load NDJSON files (what $export writes)
 //   postgres   start/stop a private PostgreSQL cluster (the test harness uses it)
 //   validate   validate a FHIR resource file, print the OperationOutcome
-//   convert    convert a FHIR resource file between JSON and XML
+//   convert    convert a FHIR resource file between JSON and XML; an HL7 v2 message to a Bundle + ACK
 //   version
 #include <signal.h>
 #include <unistd.h>
@@ -22,6 +22,8 @@
 #include <vector>
 
 #include "yilian/adapters/file_loader.hpp"
+#include "yilian/adapters/hl7v2_ingest.hpp"
+#include "yilian/adapters/mllp.hpp"
 #include "yilian/fhir/fhirpath.hpp"
 #include "yilian/fhir/json.hpp"
 #include "yilian/fhir/validator.hpp"
@@ -36,6 +38,9 @@
 #include "yilian/gateway/settings.hpp"
 #include "yilian/gateway/subscriptions.hpp"
 #include "yilian/gateway/worker_pool.hpp"
+#include "yilian/mappers/hl7v2.hpp"
+#include "yilian/mappers/hl7v2_ack.hpp"
+#include "yilian/mappers/hl7v2_fhir.hpp"
 
 namespace {
 
@@ -57,6 +62,8 @@ const char* usage =
     "                                      the result collection as JSON (type, path and value of each item)\n"
     "  convert fhir FILE --to json|xml [--pretty]\n"
     "                                      Convert a FHIR resource between JSON and XML\n"
+    "  convert hl7v2 FILE [--charset CS]   Map an HL7 v2 message: the FHIR transaction Bundle (stdout) and\n"
+    "                                      the ACK the gateway would answer (stderr); exit 0 only for AA\n"
     "  version                             Print the version\n";
 
 std::string read_file(const std::string& path) {
@@ -119,6 +126,16 @@ std::string utc_now() {
   return buf;
 }
 
+// HL7 TS of now in China Standard Time (MSH-7 of ACKs built here).
+std::string utc_now_hl7() {
+  std::time_t t = std::time(nullptr) + 8 * 3600;
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y%m%d%H%M%S+0800", &tm);
+  return buf;
+}
+
 int cmd_validate(std::vector<std::string> args) {
   auto type = take_option(args, "--type");
   if (args.size() != 1) {
@@ -133,11 +150,43 @@ int cmd_validate(std::vector<std::string> args) {
   return issues.has_errors() ? 1 : 0;
 }
 
+// An HL7 v2 message file to the transaction Bundle the gateway would apply (stdout) and the ACK it
+// would answer (stderr, one segment per line). Exit status 0 only for AA.
+int convert_hl7v2(std::vector<std::string> args) {
+  auto charset = take_option(args, "--charset");
+  if (args.size() != 2) {
+    std::cerr << "usage: yilian convert hl7v2 FILE [--charset GB18030]\n";
+    return 2;
+  }
+  namespace v2 = mappers::hl7v2;
+  auto parsed = v2::parse(read_file(args[1]), {.default_charset = charset.value_or("")});
+  std::vector<v2::problem> problems = parsed.problems;
+  v2::ack_code code = v2::ack_code::AR;
+  if (parsed.parsed) {
+    auto mapped = v2::map_to_fhir(*parsed.parsed);
+    problems.insert(problems.end(), mapped.problems.begin(), mapped.problems.end());
+    if (mapped.supported) {
+      std::cout << fhir::to_json(mapped.bundle, {.pretty = true}) << "\n";
+      bool errors = std::any_of(problems.begin(), problems.end(), [](const v2::problem& p) { return !p.is_warning; });
+      code = errors ? v2::ack_code::AE : v2::ack_code::AA;
+    }
+  }
+  std::time_t now = std::time(nullptr);
+  char stamp[32];
+  std::strftime(stamp, sizeof stamp, "%Y%m%d%H%M%S", std::localtime(&now));
+  std::string control = parsed.parsed ? "ACK" + parsed.parsed->control_id() : "ACK";
+  std::string ack = v2::make_ack(parsed.parsed ? &*parsed.parsed : nullptr, code, problems, control, stamp);
+  std::replace(ack.begin(), ack.end(), '\r', '\n');
+  std::cerr << ack;
+  return code == v2::ack_code::AA ? 0 : 1;
+}
+
 int cmd_convert(std::vector<std::string> args) {
+  if (!args.empty() && args[0] == "hl7v2") return convert_hl7v2(std::move(args));
   auto to = take_option(args, "--to");
   bool pretty = take_flag(args, "--pretty");
   if (args.size() != 2 || args[0] != "fhir" || !to || (*to != "json" && *to != "xml")) {
-    std::cerr << "usage: yilian convert fhir FILE --to json|xml [--pretty]\n";
+    std::cerr << "usage: yilian convert fhir FILE --to json|xml [--pretty] | yilian convert hl7v2 FILE\n";
     return 2;
   }
   fhir::value resource;
@@ -318,6 +367,11 @@ int cmd_serve(const std::vector<std::string>& args) {
     gateway::register_everything(api, store);
     gateway::register_bulk_export(api, store, export_options);
     gateway::register_bulk_import(api, store);
+    adapters::hl7v2_ingest_options hl7v2_options;
+    hl7v2_options.parsing.default_charset = s.hl7v2_default_charset;
+    for (const auto& [authority, system] : s.hl7v2_authorities) hl7v2_options.mapping.authority_systems[authority] = system;
+    adapters::hl7v2_ingest hl7v2(store, api, hl7v2_options);
+    hl7v2.register_operations(api);
     gateway::export_runner exports(url, export_options);
     gateway::gateway_service service(store, api, stats);
     gateway::worker_pool workers(s.workers);
@@ -354,6 +408,34 @@ int cmd_serve(const std::vector<std::string>& args) {
     gateway::subscription_dispatcher notifier(store, notify_options, subscriptions);
     notifier.attach_websockets(websockets);
     notifier.start();
+    std::optional<adapters::mllp_server> mllp;
+    if (s.mllp_enabled) {
+      adapters::mllp_options mllp_options;
+      mllp_options.host = s.mllp_host;
+      mllp_options.port = s.mllp_port;
+      mllp_options.max_message_bytes = s.mllp_max_message;
+      mllp_options.tls_certificate_file = s.mllp_tls_cert;
+      mllp_options.tls_private_key_file = s.mllp_tls_key;
+      adapters::mllp_hooks hooks;
+      hooks.oversize = [&](std::string_view start, std::size_t bytes, const adapters::mllp_peer&) {
+        auto head = mappers::hl7v2::parse(start.substr(0, start.find('\r')), hl7v2_options.parsing);
+        mappers::hl7v2::problem p;
+        p.code = mappers::hl7v2::error_code::value_too_long;
+        p.message = "Message of " + std::to_string(bytes) + " bytes is larger than this gateway takes (" +
+                    std::to_string(s.mllp_max_message) + ")";
+        return mappers::hl7v2::make_ack(head.parsed ? &*head.parsed : nullptr, mappers::hl7v2::ack_code::AR, {p},
+                                        gateway::new_resource_id().substr(0, 20), utc_now_hl7());
+      };
+      mllp.emplace(
+          mllp_options,
+          [&hl7v2](std::string_view message, const adapters::mllp_peer& peer) {
+            return hl7v2.handle(message, peer.address).ack;
+          },
+          workers, hooks);
+      mllp->start();
+      std::cout << "HL7 v2 over MLLP" << (s.mllp_tls_cert.empty() ? "" : " (TLS)") << " on " << s.mllp_host << ":"
+                << mllp->port() << std::endl;
+    }
     std::cout << "Yilian " << version << " is listening on http://" << host << ":" << server.port() << "/fhir"
               << " (PostgreSQL: " << (pg ? "embedded, under " + s.data_dir : std::string("external")) << ")\n"
               << "Stop it with Ctrl-C or: kill -TERM " << getpid() << std::endl;
@@ -361,6 +443,7 @@ int cmd_serve(const std::vector<std::string>& args) {
     sigwait(&signals, &sig);
     std::cout << "Received " << (sig == SIGINT ? "SIGINT" : "SIGTERM")
               << ": finishing in-flight requests, then stopping" << std::endl;
+    if (mllp) mllp->stop();  // in-flight messages get their ACK
     server.stop();
     server.wait();
     notifier.stop();

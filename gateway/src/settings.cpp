@@ -2,6 +2,7 @@
 
 #include <charconv>
 #include <cstdlib>
+#include <fstream>
 #include <functional>
 #include <sstream>
 #include <stdexcept>
@@ -47,6 +48,9 @@ void parse_listen(settings& s, const std::string& text) {
 
 const std::vector<setting_entry>& entries() {
   static const std::vector<setting_entry> table = {
+      {{"--config", "YILIAN_CONFIG", "(none)",
+        "Settings file: `name = value` lines (names as these flags without --); the environment and flags override it"},
+       [](settings&, const std::string&) {}},  // read first, by parse_settings
       {{"--listen", "YILIAN_LISTEN", "127.0.0.1:8080", "Address and port of the HTTP server"}, parse_listen},
       {{"--data-dir", "YILIAN_DATA_DIR", "./var", "Data directory (embedded PostgreSQL cluster, exports, dead letters)"},
        [](settings& s, const std::string& v) { s.data_dir = v; }},
@@ -97,6 +101,41 @@ const std::vector<setting_entry>& entries() {
          else if (v == "off" || v == "false" || v == "0") s.access_log = false;
          else throw std::invalid_argument("--access-log: expected on or off, got '" + v + "'");
        }},
+      {{"--mllp-listen", "YILIAN_MLLP_LISTEN", "off",
+        "HL7 v2 over MLLP: HOST:PORT to accept HIS/LIS connections on (e.g. 0.0.0.0:2575), or off"},
+       [](settings& s, const std::string& v) {
+         if (v == "off" || v.empty()) {
+           s.mllp_enabled = false;
+           return;
+         }
+         settings parsed;
+         parse_listen(parsed, v);
+         s.mllp_host = parsed.listen_host;
+         s.mllp_port = parsed.listen_port;
+         s.mllp_enabled = true;
+       }},
+      {{"--mllp-max-message", "YILIAN_MLLP_MAX_MESSAGE", "16M",
+        "HL7 v2: largest message (K, M, G suffixes); larger is answered AR"},
+       [](settings& s, const std::string& v) { s.mllp_max_message = parse_size("--mllp-max-message", v); }},
+      {{"--mllp-tls-cert", "YILIAN_MLLP_TLS_CERT", "(none)", "HL7 v2: PEM certificate (chain) for MLLP over TLS"},
+       [](settings& s, const std::string& v) { s.mllp_tls_cert = v; }},
+      {{"--mllp-tls-key", "YILIAN_MLLP_TLS_KEY", "(none)", "HL7 v2: PEM private key for MLLP over TLS"},
+       [](settings& s, const std::string& v) { s.mllp_tls_key = v; }},
+      {{"--hl7v2-charset", "YILIAN_HL7V2_CHARSET", "UTF-8",
+        "HL7 v2: character set of messages whose MSH-18 is empty (e.g. GB18030 for many Chinese HIS)"},
+       [](settings& s, const std::string& v) { s.hl7v2_default_charset = v == "UTF-8" ? std::string() : v; }},
+      {{"--hl7v2-authority", "YILIAN_HL7V2_AUTHORITY", "(none)",
+        "HL7 v2: AUTHORITY=SYSTEM maps an assigning authority (CX-4, or AUTHORITY^TYPE) to an Identifier.system; "
+        "repeatable (env: comma-separated)"},
+       [](settings& s, const std::string& v) {
+         std::stringstream in(v);
+         for (std::string item; std::getline(in, item, ',');) {
+           auto eq = item.find('=');
+           if (eq == std::string::npos || eq == 0 || eq + 1 == item.size())
+             throw std::invalid_argument("--hl7v2-authority: expected AUTHORITY=SYSTEM, got '" + item + "'");
+           s.hl7v2_authorities.emplace_back(item.substr(0, eq), item.substr(eq + 1));
+         }
+       }},
       {{"--export-file-limit", "YILIAN_EXPORT_FILE_LIMIT", "64M",
         "Bulk $export: largest NDJSON file (K, M, G suffixes); a type with more data gets several files"},
        [](settings& s, const std::string& v) {
@@ -122,10 +161,51 @@ const std::vector<setting_descriptor>& setting_table() {
   return table;
 }
 
+// A settings file hospital IT can read and edit: `name = value` lines, names as the flags without
+// the leading dashes, `#` comments, repeatable names repeated.
+void apply_config_file(settings& s, const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw std::invalid_argument("--config: cannot read " + path);
+  int line_number = 0;
+  for (std::string line; std::getline(in, line);) {
+    ++line_number;
+    if (auto hash = line.find('#'); hash != std::string::npos) line.erase(hash);
+    auto trim = [](std::string t) {
+      auto b = t.find_first_not_of(" \t\r");
+      auto e = t.find_last_not_of(" \t\r");
+      return b == std::string::npos ? std::string() : t.substr(b, e - b + 1);
+    };
+    line = trim(line);
+    if (line.empty()) continue;
+    auto eq = line.find('=');
+    if (eq == std::string::npos)
+      throw std::invalid_argument(path + ":" + std::to_string(line_number) + ": expected name = value");
+    std::string flag = "--" + trim(line.substr(0, eq));
+    std::string value = trim(line.substr(eq + 1));
+    const setting_entry* found = nullptr;
+    for (const auto& e : entries())
+      if (e.descriptor.flag == flag) found = &e;
+    if (!found || flag == "--config")
+      throw std::invalid_argument(path + ":" + std::to_string(line_number) + ": unknown setting '" + flag.substr(2) + "'");
+    try {
+      found->apply(s, value);
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument(path + ":" + std::to_string(line_number) + ": " + e.what());
+    }
+  }
+}
+
 settings parse_settings(const std::vector<std::string>& args, bool& help) {
   settings s;
   help = false;
-  // Environment first, flags override.
+  // The settings file first, then the environment, then flags.
+  std::string config;
+  if (const char* v = std::getenv("YILIAN_CONFIG"); v && *v) config = v;
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--config" && i + 1 < args.size()) config = args[i + 1];
+    else if (args[i].starts_with("--config=")) config = args[i].substr(9);
+  }
+  if (!config.empty()) apply_config_file(s, config);
   for (const auto& e : entries())
     if (const char* v = std::getenv(std::string(e.descriptor.env).c_str()); v && *v) e.apply(s, v);
   bool load_from_flags = false;

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace yilian::gateway {
@@ -21,6 +22,14 @@ struct settings {
   unsigned io_threads = 1;
   std::size_t body_limit = 64 * 1024 * 1024;
   std::size_t max_bundle_entries = 20000;
+  bool mllp_enabled = false;        // HL7 v2 over MLLP
+  std::string mllp_host = "127.0.0.1";
+  std::uint16_t mllp_port = 2575;
+  std::size_t mllp_max_message = 16 * 1024 * 1024;
+  std::string mllp_tls_cert;
+  std::string mllp_tls_key;
+  std::string hl7v2_default_charset;  // for messages without MSH-18 ("" = UTF-8)
+  std::vector<std::pair<std::string, std::string>> hl7v2_authorities;  // assigning authority -> system
   std::chrono::milliseconds read_timeout{30'000};
   std::chrono::milliseconds idle_timeout{60'000};
   std::vector<std::string> load;   // FHIR files or folders to load (PUT by id) before listening
