@@ -5,7 +5,9 @@
 #include <pqxx/pqxx>
 
 #include "yilian/fhir/issues.hpp"
+#include "yilian/fhir/json.hpp"
 #include "yilian/gateway/operation.hpp"
+#include "yilian/gateway/search.hpp"
 #include "yilian/mappers/hl7v2_ack.hpp"
 
 namespace yilian::adapters {
@@ -105,10 +107,53 @@ hl7v2_logged_message row_to_message(const pqxx::row& row) {
   return m;
 }
 
+std::string text_of(const value* v) { return v && v->is_string() ? v->text() : std::string(); }
+
+// The standard coding for a sender's local code from the ConceptMaps stored in the gateway: a map
+// whose group.source is the local system (it names the sending facility) and that has an element
+// for the code with a target that is not unmatched or disjoint.
+std::optional<v2::coding> translate_with_concept_maps(gateway::resource_store& store, const std::string& tenant,
+                                                      const v2::local_code& local) {
+  gateway::request_context ctx;
+  ctx.tenant = tenant;
+  gateway::search_query q;
+  q.criteria = {{"source-system", local.system}, {"source-code", local.code}};
+  q.count = 10;
+  q.total = gateway::total_mode::none;
+  for (const auto& stored : gateway::run_search(store, ctx, "ConceptMap", q).matches) {
+    value map;
+    fhir::issue_list ignored;
+    if (!fhir::parse_json(stored.json, map, ignored)) continue;
+    const value* groups = map.find("group");
+    if (!groups || !groups->is_array()) continue;
+    for (const auto& group : groups->items()) {
+      if (text_of(group.find("source")) != local.system) continue;
+      const value* elements = group.find("element");
+      if (!elements || !elements->is_array()) continue;
+      for (const auto& element : elements->items()) {
+        if (text_of(element.find("code")) != local.code) continue;
+        const value* targets = element.find("target");
+        if (!targets || !targets->is_array()) continue;
+        for (const auto& target : targets->items()) {
+          std::string equivalence = text_of(target.find("equivalence"));
+          if (equivalence == "unmatched" || equivalence == "disjoint" || text_of(target.find("code")).empty()) continue;
+          return v2::coding{text_of(group.find("target")), text_of(target.find("code")), text_of(target.find("display"))};
+        }
+      }
+    }
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 hl7v2_ingest::hl7v2_ingest(gateway::resource_store& store, const gateway::fhir_api& api, hl7v2_ingest_options options)
-    : store_(store), api_(api), options_(std::move(options)) {}
+    : store_(store), api_(api), options_(std::move(options)) {
+  if (!options_.mapping.translate)
+    options_.mapping.translate = [this](const v2::local_code& local) {
+      return translate_with_concept_maps(store_, options_.tenant, local);
+    };
+}
 
 hl7v2_outcome hl7v2_ingest::handle(std::string_view raw, std::string_view peer) { return process(raw, peer, nullptr); }
 

@@ -160,3 +160,29 @@ TEST_CASE("hl7v2 ingest: a message that cannot be applied gets AE naming why; re
   CHECK(f.call("POST", "/fhir/$hl7v2-replay?id=" + letters[0].message_id).status == 409);
   CHECK(f.call("POST", "/fhir/$hl7v2-replay?id=nope").status == 404);
 }
+
+TEST_CASE("hl7v2 ingest: local test codes are kept with a warning, and translated once a ConceptMap for the sender exists") {
+  ingest_fixture f;
+  auto local_result = [](const std::string& control_id) {
+    return "MSH|^~\\&|LIS|HOSP-A|YILIAN|ALLIANCE|20261124093000||ORU^R01|" + control_id + "|P|2.4\r"
+           "PID|1||MRN-901^^^HOSP-A^MR||李^四||19800101|M\r"
+           "OBR|1|ORD-9|LAB-9|DJZ^电解质^LOCAL|||20261124080000||||||||||||||||CH|F\r"
+           "OBX|1|NM|K^钾^LOCAL||3.1|mmol/L|3.5-5.3|L|||F\r";
+  };
+  auto before = f.ingest.handle(local_result("LOC-1"));
+  REQUIRE_MESSAGE(before.ack_code == "AA", before.ack);
+  CHECK(before.ack.find("ERR|") != std::string::npos);  // the unmapped local code is reported
+  CHECK(f.total("Observation", "code=urn:yilian:local:HOSP-A:code:LOCAL|K") == 1);
+  CHECK(f.total("Observation", "code=http://loinc.org|2823-3") == 0);
+
+  std::string concept_map = R"({"resourceType":"ConceptMap","status":"active","group":[{
+      "source":"urn:yilian:local:HOSP-A:code:LOCAL","target":"http://loinc.org",
+      "element":[{"code":"K","target":[{"code":"2823-3","display":"Potassium [Moles/volume] in Serum or Plasma","equivalence":"equivalent"}]}]}]})";
+  REQUIRE(f.call("POST", "/fhir/ConceptMap", concept_map).status == 201);
+  auto after = f.ingest.handle(local_result("LOC-2"));
+  REQUIRE_MESSAGE(after.ack_code == "AA", after.ack);
+  // The same Observation, now with the LOINC coding next to the local one.
+  CHECK(f.total("Observation") == 1);
+  CHECK(f.total("Observation", "code=http://loinc.org|2823-3") == 1);
+  CHECK(f.total("Observation", "code=urn:yilian:local:HOSP-A:code:LOCAL|K") == 1);
+}

@@ -34,6 +34,9 @@ namespace yilian::adapters {
 struct hl7v2_ingest_options {
   std::string tenant = "default";
   mappers::hl7v2::parse_options parsing;
+  // Without a translator of its own, local codes are translated with the ConceptMaps stored in
+  // the gateway: a map whose group.source is the sender's local system
+  // ("urn:yilian:local:<MSH-4>:code:<coding system>") and whose element has the code.
   mappers::hl7v2::mapping_options mapping;
 };
 
