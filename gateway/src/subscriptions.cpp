@@ -653,7 +653,6 @@ struct subscription_dispatcher::impl {
     std::string payload_content;
     std::vector<std::string> headers;
     std::string topic;
-    std::string last_error;
     std::vector<event_row> events;
     std::string now;
   };
@@ -667,6 +666,8 @@ struct subscription_dispatcher::impl {
     }
     if (options.threads == 0) options.threads = 1;
     if (options.max_events_per_notification == 0) options.max_events_per_notification = 1;
+    // A claim must outlive the request it covers, or a second process could send concurrently.
+    options.lease = std::max(options.lease, options.http_timeout * 2 + std::chrono::seconds(5));
   }
 
   void notify() {
@@ -693,7 +694,7 @@ struct subscription_dispatcher::impl {
         "                 + s.heartbeat_seconds * interval '1 second' <= now())) "
         "      ORDER BY d2.next_attempt_at LIMIT 1 FOR UPDATE OF d2 SKIP LOCKED) due "
         "WHERE d.tenant = due.tenant AND d.sub_id = due.sub_id "
-        "RETURNING d.tenant, d.sub_id, d.delivered_through, d.failures, d.last_error",
+        "RETURNING d.tenant, d.sub_id, d.delivered_through, d.failures",
         options.owner, static_cast<std::int64_t>(options.lease.count()), bound_websockets());
     if (claimed.empty()) return std::nullopt;
     claim c;
@@ -701,7 +702,6 @@ struct subscription_dispatcher::impl {
     c.sub_id = field(claimed[0][1]);
     c.delivered_through = claimed[0][2].as<std::int64_t>();
     c.failures = claimed[0][3].as<int>();
-    c.last_error = field(claimed[0][4]);
     auto s = tx.exec_params(
         "SELECT status, events_since_start, endpoint, payload_mime, payload_content, headers, topic, criteria_type, "
         "criteria_query, to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"+00:00\"'), channel_type "
@@ -756,7 +756,7 @@ struct subscription_dispatcher::impl {
   // Sends the claim's notification; returns the failure reason, empty on success.
   std::string send(const claim& c, std::int64_t& delivered_through) {
     if (c.channel_type == "websocket") return send_websocket(c, delivered_through);
-    status_info s{c.sub_id, c.status == "requested" ? "requested" : c.status, c.topic, c.events_since_start, {}};
+    status_info s{c.sub_id, c.status, c.topic, c.events_since_start, {}};
     std::string type = "event-notification";
     if (c.status == "requested") {
       type = "handshake";
