@@ -1,5 +1,6 @@
 // HL7 v2 -> FHIR R4: the shared machinery (field access, identifiers, codes, entries, validation)
-// and the dispatch by message type. Segment maps live in hl7v2_fhir_adt.cpp and hl7v2_fhir_oru.cpp.
+// and the dispatch by message type. Segment maps live in hl7v2_fhir_adt.cpp, hl7v2_fhir_oru.cpp and
+// hl7v2_fhir_orders.cpp.
 #include "yilian/mappers/hl7v2_fhir.hpp"
 
 #include <algorithm>
@@ -135,6 +136,13 @@ std::string percent_encode(std::string_view text, std::string_view keep) {
       out += hex[c & 15];
     }
   }
+  return out;
+}
+
+std::vector<segment_ref> numbered_segments(const message& m) {
+  std::vector<segment_ref> out;
+  std::map<std::string, std::size_t, std::less<>> seen;
+  for (const auto& s : m.segments) out.push_back(segment_ref{&s, ++seen[s.id]});
   return out;
 }
 
@@ -621,9 +629,11 @@ mapping_result map_to_fhir(const message& m, const mapping_options& options) {
     }
   } else if (type == "ORU" && event == "R01") {
     mapper.map_oru();
+  } else if ((type == "ORM" && event == "O01") || (type == "OML" && event == "O21")) {
+    mapper.map_orders();
   } else {
     result.supported = false;
-    bool known_type = type == "ORU";
+    bool known_type = type == "ORU" || type == "ORM" || type == "OML";
     if (known_type) msh9.component = 2;
     mapper.problem_at(msh9, known_type ? error_code::unsupported_event : error_code::unsupported_message_type,
                       "message type '" + type + "^" + event + "' is not supported", false);

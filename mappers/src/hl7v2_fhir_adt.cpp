@@ -7,17 +7,6 @@
 
 namespace yilian::mappers::hl7v2::detail {
 
-namespace {
-
-std::vector<segment_ref> numbered(const message& m) {
-  std::vector<segment_ref> out;
-  std::map<std::string, std::size_t, std::less<>> seen;
-  for (const auto& s : m.segments) out.push_back(segment_ref{&s, ++seen[s.id]});
-  return out;
-}
-
-}  // namespace
-
 std::optional<mapper::patient_context> mapper::map_patient(const segment_ref& pid) {
   const segment& s = *pid.seg;
   fhir::value patient = fhir::value::make_object();
@@ -360,7 +349,7 @@ void mapper::map_merge(const segment_ref& mrg, const patient_context& survivor) 
 
 void mapper::map_adt(const std::string& event) {
   std::optional<patient_context> patient;
-  for (const segment_ref& ref : numbered(msg)) {
+  for (const segment_ref& ref : numbered_segments(msg)) {
     const std::string& id = ref.seg->id;
     if (id == "PID") {
       patient = map_patient(ref);

@@ -36,12 +36,16 @@ struct segment_ref {
   std::size_t occurrence = 1;
 };
 
+// Every segment of a message with its occurrence number.
+std::vector<segment_ref> numbered_segments(const message& m);
+
 class mapper {
  public:
   mapper(const message& m, const mapping_options& options, mapping_result& result);
 
   void map_adt(const std::string& event);
   void map_oru();
+  void map_orders();
   void validate_entries();
   fhir::value bundle();
 
@@ -96,6 +100,7 @@ class mapper {
   void map_observation(report_context& report, const segment_ref& obx, const std::vector<segment_ref>& notes);
   void map_report(report_context& report);
   std::optional<std::string> map_specimen(const segment_ref& spm, report_context& report);
+  void map_service_request(report_context& order);
   std::optional<fhir::value> observation_value(const segment_ref& obx, fhir::value& observation, report_context& report);
 
  public:
@@ -109,6 +114,21 @@ class mapper {
   std::vector<fhir::value> entries;
   std::vector<location> entry_locations;
   std::map<std::string, std::string> keyed_urns;
+};
+
+// An OBR group (a report, or an order) and what its segments contributed.
+struct mapper::report_context {
+  segment_ref obr;
+  std::optional<segment_ref> orc;
+  std::optional<patient_context> patient;
+  std::optional<std::string> encounter;
+  std::optional<fhir::value> identity;  // the number the entry is keyed on (reports: filler first; orders: placer)
+  std::vector<fhir::value> identifiers;
+  std::vector<std::string> results;
+  std::vector<std::string> performers;
+  std::vector<std::string> specimens;
+  std::vector<fhir::value> notes;
+  std::map<std::string, int> observation_keys;
 };
 
 }  // namespace yilian::mappers::hl7v2::detail

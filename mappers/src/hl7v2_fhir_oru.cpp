@@ -8,28 +8,8 @@
 
 namespace yilian::mappers::hl7v2::detail {
 
-struct mapper::report_context {
-  segment_ref obr;
-  std::optional<segment_ref> orc;
-  std::optional<patient_context> patient;
-  std::optional<std::string> encounter;
-  std::optional<fhir::value> identity;  // filler (else placer) number
-  std::vector<fhir::value> identifiers;
-  std::vector<std::string> results;
-  std::vector<std::string> performers;
-  std::vector<std::string> specimens;
-  std::vector<fhir::value> notes;
-  std::map<std::string, int> observation_keys;
-};
 
 namespace {
-
-std::vector<segment_ref> numbered(const message& m) {
-  std::vector<segment_ref> out;
-  std::map<std::string, std::size_t, std::less<>> seen;
-  for (const auto& s : m.segments) out.push_back(segment_ref{&s, ++seen[s.id]});
-  return out;
-}
 
 std::string trim(std::string_view s) {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
@@ -539,7 +519,7 @@ void mapper::map_oru() {
     report.reset();
   };
 
-  for (const segment_ref& ref : numbered(msg)) {
+  for (const segment_ref& ref : numbered_segments(msg)) {
     const std::string& id = ref.seg->id;
     if (id != "NTE" && id != "PRT") flush_observation();
     if (id == "PID") {

@@ -82,6 +82,8 @@ TEST_CASE("HL7 v2 golden files: mapped Bundles match tests/data/hl7v2/golden (YI
       {corpus_dir / "ADT-A03-01.hl7", "ADT-A03-01"},
       {corpus_dir / "ADT-A08-01.hl7", "ADT-A08-01"},
       {corpus_dir / "ADT-A40-01.hl7", "ADT-A40-01"},
+      {corpus_dir / "LAB-ORM-1.hl7", "LAB-ORM-1"},
+      {corpus_dir / "OML-O21-01.hl7", "OML-O21-01"},
   };
   const bool update = std::getenv("YILIAN_UPDATE_GOLDEN") && std::string(std::getenv("YILIAN_UPDATE_GOLDEN")) == "1";
   for (const auto& c : cases) {
@@ -272,6 +274,25 @@ TEST_CASE("ADT: Encounter status from the event, visit number identity, A40 link
   CHECK(merged.find("link")->items()[0].find("type")->text() == "replaced-by");
   CHECK(merged.find("active")->text() == "false");
   CHECK(entries[1].find("request")->find("url")->text().ends_with("%7C56789"));
+}
+
+TEST_CASE("ORM^O01: a ServiceRequest keyed on the placer order number, requester and status from ORC") {
+  auto result = v2::map_to_fhir(parse_file(corpus_dir / "LAB-ORM-1.hl7"), alliance_options());
+  CHECK_MESSAGE(!result.has_errors(), problems_text(result));
+  auto requests = resources_of(result.bundle, "ServiceRequest");
+  REQUIRE(requests.size() == 1);
+  CHECK(requests[0]->find("status")->text() == "active");
+  CHECK(requests[0]->find("intent")->text() == "order");
+  CHECK(requests[0]->find("code")->find("coding")->items()[0].find("code")->text() == "24317-0");
+  // ORC-12 is empty (MINNIE MOUSE is ORC-10, entered by): OBR-16 orders.
+  CHECK(requests[0]->find("requester")->find("display")->text() == "URO");
+  CHECK(requests[0]->find("identifier")->items().size() == 2);
+  bool keyed = false;
+  for (const auto& entry : result.bundle.find("entry")->items())
+    if (entry.find("request")->find("url")->text().starts_with("ServiceRequest?identifier=") &&
+        entry.find("request")->find("url")->text().ends_with("%7C88502218"))
+      keyed = true;
+  CHECK(keyed);
 }
 
 TEST_CASE("unsupported messages are refused with table 0357 codes; bad values are errors with locations") {
