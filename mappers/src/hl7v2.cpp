@@ -206,6 +206,7 @@ class parser {
       const std::string_view line = bytes.substr(position, end - position);
       position = end + 1;
       if (trim_spaces(line).empty()) continue;
+      if (!spend([] { return location{"MSH"}; })) break;
       read_segment(line, ++line_number, m);
     }
     check_header(m);
@@ -324,7 +325,7 @@ class parser {
       number = 3;
     }
     occurrence_ = 0;
-    while (start < text.size() && !stopped_) {
+    while (start < text.size() && spend([&] { return location{seg.id, occurrence(seg.id, m), number}; })) {
       const std::size_t next = std::min(text.find(d_.field, start + 1), text.size());
       seg.fields.push_back(read_field(text.substr(start + 1, next - start - 1), seg.id, number, m));
       start = next;
@@ -340,10 +341,24 @@ class parser {
     m.segments.push_back(std::move(seg));
   }
 
+  // Counts one more element (segment, field, repetition or leaf) against parse_options::max_values;
+  // false, with one problem, once the budget is spent: memory stays bounded whatever the input.
+  // `where` makes the location, only when needed.
+  template <class Where>
+  bool spend(Where&& where) {
+    if (stopped_) return false;
+    if (++values_ <= options_.max_values) return true;
+    report(where(), error_code::value_too_long,
+           "more than " + std::to_string(options_.max_values) + " values; the rest of the message is not read");
+    stopped_ = true;
+    return false;
+  }
+
   field read_field(std::string_view raw, const std::string& id, int number, const message& m) {
     field f;
     if (raw.empty()) return f;
     split(raw, d_.repetition, [&](std::string_view rep_text, std::size_t rep_index) {
+      if (!spend([&] { return location{id, occurrence(id, m), number}; })) return false;
       repetition& rep = f.repetitions.emplace_back();
       if (rep_text == "\"\"") {
         rep.null = true;
@@ -352,12 +367,7 @@ class parser {
       return split(rep_text, d_.component, [&](std::string_view component_text, std::size_t component_index) {
         component& comp = rep.components.emplace_back();
         return split(component_text, d_.subcomponent, [&](std::string_view leaf, std::size_t sub_index) {
-          if (++values_ > options_.max_values) {
-            report({id, occurrence(id, m), number}, error_code::value_too_long,
-                   "more than " + std::to_string(options_.max_values) + " values; the rest of the message is not read");
-            stopped_ = true;
-            return false;
-          }
+          if (!spend([&] { return location{id, occurrence(id, m), number}; })) return false;
           std::string& value = comp.subcomponents.emplace_back();
           if (!decode(leaf, value))
             report({id, occurrence(id, m), number, static_cast<int>(rep_index + 1), static_cast<int>(component_index + 1),

@@ -369,3 +369,19 @@ TEST_CASE("truncated and mutated input yields problems, never a crash or a hang"
     check_input(text);
   }
 }
+
+TEST_CASE("the element budget also bounds empty fields, repetitions and segments") {
+  hl7::parse_options few;
+  few.max_values = 1000;
+  for (const std::string& tail : {"PID" + std::string(5000, '|'), "PID|" + std::string(5000, '~'), [] {
+         std::string many;
+         for (int i = 0; i < 2000; ++i) many += "ZZZ\r";
+         return many;
+       }()}) {
+    const auto r = hl7::parse(header + tail, few);
+    REQUIRE(r.parsed);
+    REQUIRE(!r.ok());
+    CHECK(r.problems.back().code == hl7::error_code::value_too_long);
+    CHECK(r.problems.back().message.starts_with("more than 1000 values"));
+  }
+}

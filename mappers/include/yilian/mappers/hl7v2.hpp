@@ -124,7 +124,8 @@ struct parse_options {
   std::string default_charset;
   // Larger inputs are refused with one problem (no segment is read).
   std::size_t max_bytes = 64u << 20;
-  // Most leaf values kept; parsing stops with a problem beyond (bounds memory on hostile input).
+  // Most elements (segments, fields, repetitions, leaf values) kept; parsing stops with a problem
+  // beyond (bounds memory on hostile input).
   std::size_t max_values = 4'000'000;
 };
 
