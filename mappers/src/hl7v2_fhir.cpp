@@ -247,7 +247,10 @@ std::string mapper::authority_system(const std::string& namespace_id, const std:
     if (universal_type == "URI" || universal_type == "URL") return universal_id;
     if (universal_type == "UUID" || universal_type == "GUID") return "urn:uuid:" + universal_id;
   }
-  if (!namespace_id.empty()) return local_system(std::string(fallback) + ":" + namespace_id);
+  // An unconfigured authority still names who assigned the number: HIS and LIS that both say
+  // "ZJRMYY" mean the same visit numbers, so the local system is the authority's, not the sender's.
+  if (!namespace_id.empty())
+    return "urn:yilian:local:" + percent_encode(namespace_id) + ":" + percent_encode(fallback, ":");
   return local_system(fallback);
 }
 

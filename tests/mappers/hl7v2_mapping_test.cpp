@@ -192,7 +192,7 @@ TEST_CASE("Chinese LIS ORU^R01: 身份证号, UCUM units, ranges, flags, perform
   bool found = false;
   for (const auto& entry : bundle.find("entry")->items())
     if (entry.find("request")->find("url")->text() ==
-        "Observation?identifier=urn:yilian:local:ZJRMYY-JYK:filler-order:LIS%7CLAB20260303002/K")
+        "Observation?identifier=urn:yilian:local:LIS:filler-order%7CLAB20260303002/K")
       found = true;
   CHECK(found);
 

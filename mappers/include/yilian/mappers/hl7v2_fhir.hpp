@@ -15,7 +15,8 @@
 //   Specimen           PUT ...?identifier=       SPM-2 (else filler number + "/specimen" for OBR-15)
 //   Organization, Practitioner, Location, RelatedPerson, Coverage, DocumentReference likewise.
 // Identifiers whose assigning authority has no configured system get a local system
-// "urn:yilian:local:<MSH-4>:<what>" (percent-encoded), stable per sender. Entries refer to each
+// "urn:yilian:local:<authority>:<what>" (percent-encoded), or "urn:yilian:local:<MSH-4>:<what>" when
+// no authority is sent, so two feeds naming the same authority (HIS and LIS) meet on one resource. Entries refer to each
 // other by urn:uuid fullUrls that are derived from MSH-4, MSH-10 and the entry's identity (a hash),
 // so the same message always yields the same Bundle.
 //
