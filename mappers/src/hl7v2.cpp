@@ -295,7 +295,9 @@ class parser {
       text = converted_;
     }
 
-    const std::string_view id = text.substr(0, text.find(d_.field));
+    const bool header = line_number == 1;
+    // The header's id is "MSH" by construction, even when the field separator is one of its letters.
+    const std::string_view id = header ? text.substr(0, 3) : text.substr(0, text.find(d_.field));
     bool well_formed = id.size() == 3;
     for (char c : id) well_formed = well_formed && ((c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'));
     if (!well_formed) {
@@ -306,7 +308,6 @@ class parser {
                  "\": a segment id is three upper-case letters or digits; segment skipped");
       return;
     }
-    const bool header = line_number == 1;
     if (!header && id == "MSH") {
       report({"MSH", 2}, error_code::segment_sequence,
              "segment " + std::to_string(line_number) + ": a second MSH (one message per parse); segment skipped");

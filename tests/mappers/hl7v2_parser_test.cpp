@@ -142,6 +142,16 @@ TEST_CASE("custom delimiters come from MSH-1 and MSH-2") {
   check_round_trip(m);
 }
 
+TEST_CASE("a field separator that is a letter of MSH still yields the header (found by the fuzzer)") {
+  const auto r = hl7::parse("MSHM^~\\&MAMBMCMDM20260101MMADT^A01M1MPM2.5\rPIDM1");
+  REQUIRE(r.parsed);
+  REQUIRE(r.parsed->segments.size() == 2);
+  CHECK(r.parsed->segments[0].id == "MSH");
+  CHECK(r.parsed->message_type() == "ADT");
+  CHECK(r.parsed->value("PID-1") == "1");
+  check_round_trip(*r.parsed);
+}
+
 TEST_CASE("escape sequences are resolved in every leaf") {
   const auto r = parse_ok(header + "OBX|1|TX|||a\\F\\b\\S\\c\\T\\d\\R\\e\\E\\f\\.br\\g\\X41\\h\\H\\i\\N\\"
                                    "|\\XE5BCA0E4B889\\|\\Q\\ kept|tail\\F");
