@@ -283,13 +283,17 @@ struct mllp_server::impl {
       std::lock_guard lock(tasks_mutex);
       ++pending_tasks;
     }
-    workers.submit([this, task = std::move(task), st, executor] {
+    workers.submit([this, task = std::move(task), st, executor]() mutable {
       std::string result = task();
       asio::post(executor, [st, result = std::move(result)]() mutable {
         st->result = std::move(result);
         st->done = true;
         st->timer.cancel();
       });
+      // Drop this task's handles on the io_context before the count lets ~mllp_server destroy
+      // it (the worker destroys the task itself only after this function returns).
+      st.reset();
+      executor = asio::any_io_executor();
       std::lock_guard lock(tasks_mutex);
       if (--pending_tasks == 0) tasks_done.notify_all();
     });
@@ -370,6 +374,9 @@ struct mllp_server::impl {
           if (ec == beast::error::timeout)
             log_line(describe(peer) + (reader.in_message() ? ": message not complete within the read timeout"
                                                            : ": idle timeout") + "; closing");
+          else if (reader.in_message() && !stopping.load())
+            log_line(describe(peer) + ": the sender closed the connection in the middle of a message (" +
+                     ec.message() + ")");
           co_return;  // closed by the sender, timeout, or stop()
         }
         reader.append(chunk.data(), n);

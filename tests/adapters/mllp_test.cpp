@@ -107,6 +107,8 @@ TEST_CASE("mllp: a message split byte by byte, several messages in one write, by
     CHECK(client.receive(10s) == ack_for(a));
     CHECK(client.receive(10s) == ack_for(b));
   }
+  // Counted once the write completes, which may be just after the client has read the ACK.
+  for (int i = 0; i < 200 && server.messages_acknowledged() < seen.seen().size(); ++i) std::this_thread::sleep_for(5ms);
   CHECK(server.messages_acknowledged() == seen.seen().size());
 }
 
