@@ -24,6 +24,7 @@
 #include "yilian/adapters/file_loader.hpp"
 #include "yilian/adapters/hl7v2_ingest.hpp"
 #include "yilian/adapters/mllp.hpp"
+#include "yilian/adapters/mllp_client.hpp"
 #include "yilian/fhir/fhirpath.hpp"
 #include "yilian/fhir/json.hpp"
 #include "yilian/fhir/validator.hpp"
@@ -64,6 +65,9 @@ const char* usage =
     "                                      Convert a FHIR resource between JSON and XML\n"
     "  convert hl7v2 FILE [--charset CS]   Map an HL7 v2 message: the FHIR transaction Bundle (stdout) and\n"
     "                                      the ACK the gateway would answer (stderr); exit 0 only for AA\n"
+    "  send HOST:PORT FILE... [--tls --ca FILE]\n"
+    "                                      Send HL7 v2 message files over MLLP (one message per file), print\n"
+    "                                      each ACK; exit 0 only when every ACK is AA\n"
     "  version                             Print the version\n";
 
 std::string read_file(const std::string& path) {
@@ -320,6 +324,32 @@ int cmd_import(std::vector<std::string> args) {
   return status;
 }
 
+// Sends message files over MLLP, the way an HIS interface would, and prints each ACK.
+int cmd_send(std::vector<std::string> args) {
+  bool tls = std::find(args.begin(), args.end(), "--tls") != args.end();
+  std::erase(args, std::string("--tls"));
+  auto ca = take_option(args, "--ca");
+  if (args.size() < 2) {
+    std::cerr << "usage: yilian send HOST:PORT FILE... [--tls --ca FILE]\n";
+    return 2;
+  }
+  auto colon = args[0].rfind(':');
+  if (colon == std::string::npos) throw std::runtime_error("expected HOST:PORT, got " + args[0]);
+  adapters::mllp_client_options options;
+  options.tls = tls;
+  options.tls_ca_file = ca.value_or("");
+  adapters::mllp_client client(args[0].substr(0, colon),
+                               static_cast<std::uint16_t>(std::stoi(args[0].substr(colon + 1))), options);
+  bool all_accepted = true;
+  for (std::size_t i = 1; i < args.size(); ++i) {
+    std::string ack = client.exchange(read_file(args[i]));
+    all_accepted &= ack.find("\rMSA|AA|") != std::string::npos || ack.find("\rMSA|CA|") != std::string::npos;
+    std::replace(ack.begin(), ack.end(), '\r', '\n');
+    std::cout << args[i] << ":\n" << ack << "\n";
+  }
+  return all_accepted ? 0 : 1;
+}
+
 int cmd_serve(const std::vector<std::string>& args) {
   bool help = false;
   gateway::settings s = gateway::parse_settings(args, help);
@@ -470,6 +500,7 @@ int main(int argc, char** argv) {
   try {
     if (command == "serve") return cmd_serve(args);
     if (command == "import") return cmd_import(args);
+    if (command == "send") return cmd_send(args);
     if (command == "postgres") return cmd_postgres(args);
     if (command == "validate") return cmd_validate(args);
     if (command == "convert") return cmd_convert(args);
