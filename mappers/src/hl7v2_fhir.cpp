@@ -1,6 +1,6 @@
 // HL7 v2 -> FHIR R4: the shared machinery (field access, identifiers, codes, entries, validation)
 // and the dispatch by message type. Segment maps live in hl7v2_fhir_adt.cpp, hl7v2_fhir_oru.cpp and
-// hl7v2_fhir_orders.cpp.
+// hl7v2_fhir_orders.cpp, hl7v2_fhir_schedule_document.cpp.
 #include "yilian/mappers/hl7v2_fhir.hpp"
 
 #include <algorithm>
@@ -634,9 +634,13 @@ mapping_result map_to_fhir(const message& m, const mapping_options& options) {
     mapper.map_oru();
   } else if ((type == "ORM" && event == "O01") || (type == "OML" && event == "O21")) {
     mapper.map_orders();
+  } else if (type == "SIU" && (event == "S12" || event == "S13" || event == "S14" || event == "S15")) {
+    mapper.map_schedule(event);
+  } else if (type == "MDM" && event == "T02") {
+    mapper.map_document();
   } else {
     result.supported = false;
-    bool known_type = type == "ORU" || type == "ORM" || type == "OML";
+    bool known_type = type == "ORU" || type == "ORM" || type == "OML" || type == "SIU" || type == "MDM";
     if (known_type) msh9.component = 2;
     mapper.problem_at(msh9, known_type ? error_code::unsupported_event : error_code::unsupported_message_type,
                       "message type '" + type + "^" + event + "' is not supported", false);

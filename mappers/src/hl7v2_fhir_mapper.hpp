@@ -24,6 +24,7 @@ std::string part(const repetition* r, int c, int sc = 1);
 std::string leaf(const segment& s, int f, int c = 1, int sc = 1);
 bool has_cjk(std::string_view text);
 std::string percent_encode(std::string_view text, std::string_view keep = {});
+std::string base64_of(std::string_view bytes);
 
 fhir::value str(std::string text);
 void set_text(fhir::value& object, std::string_view name, const std::string& text);
@@ -46,6 +47,8 @@ class mapper {
   void map_adt(const std::string& event);
   void map_oru();
   void map_orders();
+  void map_schedule(const std::string& event);
+  void map_document();
   void validate_entries();
   fhir::value bundle();
 

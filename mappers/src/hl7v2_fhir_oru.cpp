@@ -36,7 +36,23 @@ std::optional<std::string> decimal(std::string_view text) {
   return out == "-0" ? "0" : out;
 }
 
-std::string base64(std::string_view bytes) {
+
+std::string content_type(const std::string& type, const std::string& subtype) {
+  static const std::map<std::string, std::string, std::less<>> subtypes = {
+      {"PDF", "application/pdf"}, {"JPEG", "image/jpeg"}, {"JPG", "image/jpeg"}, {"PNG", "image/png"},
+      {"GIF", "image/gif"},       {"TIFF", "image/tiff"}, {"RTF", "application/rtf"}, {"HTML", "text/html"},
+      {"XML", "application/xml"}, {"DICOM", "application/dicom"}};
+  std::string upper;
+  for (char c : subtype) upper += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  if (auto it = subtypes.find(upper); it != subtypes.end()) return it->second;
+  if (subtype.find('/') != std::string::npos) return subtype;
+  if (type == "TEXT" || type == "TX") return "text/plain";
+  return "application/octet-stream";
+}
+
+}  // namespace
+
+std::string base64_of(std::string_view bytes) {
   static const char* table = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
   std::string out;
   std::size_t i = 0;
@@ -58,21 +74,6 @@ std::string base64(std::string_view bytes) {
   }
   return out;
 }
-
-std::string content_type(const std::string& type, const std::string& subtype) {
-  static const std::map<std::string, std::string, std::less<>> subtypes = {
-      {"PDF", "application/pdf"}, {"JPEG", "image/jpeg"}, {"JPG", "image/jpeg"}, {"PNG", "image/png"},
-      {"GIF", "image/gif"},       {"TIFF", "image/tiff"}, {"RTF", "application/rtf"}, {"HTML", "text/html"},
-      {"XML", "application/xml"}, {"DICOM", "application/dicom"}};
-  std::string upper;
-  for (char c : subtype) upper += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  if (auto it = subtypes.find(upper); it != subtypes.end()) return it->second;
-  if (subtype.find('/') != std::string::npos) return subtype;
-  if (type == "TEXT" || type == "TX") return "text/plain";
-  return "application/octet-stream";
-}
-
-}  // namespace
 
 std::optional<fhir::value> mapper::observation_value(const segment_ref& obx, fhir::value& observation,
                                                      report_context& report) {
@@ -194,9 +195,9 @@ std::optional<fhir::value> mapper::observation_value(const segment_ref& obx, fhi
       } else if (encoding == "Hex") {
         std::string bytes;
         for (std::size_t i = 0; i + 1 < data.size(); i += 2) bytes += static_cast<char>(std::stoi(data.substr(i, 2), nullptr, 16));
-        attachment.set("data", str(base64(bytes)));
+        attachment.set("data", str(base64_of(bytes)));
       } else {
-        attachment.set("data", str(base64(data)));
+        attachment.set("data", str(base64_of(data)));
       }
     } else {
       std::string pointer = part(first, 1);

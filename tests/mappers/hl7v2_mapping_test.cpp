@@ -84,6 +84,8 @@ TEST_CASE("HL7 v2 golden files: mapped Bundles match tests/data/hl7v2/golden (YI
       {corpus_dir / "ADT-A40-01.hl7", "ADT-A40-01"},
       {corpus_dir / "LAB-ORM-1.hl7", "LAB-ORM-1"},
       {corpus_dir / "OML-O21-01.hl7", "OML-O21-01"},
+      {corpus_dir / "SIU-S12-01.hl7", "SIU-S12-01"},
+      {corpus_dir / "MDM-T02-02.hl7", "MDM-T02-02"},
   };
   const bool update = std::getenv("YILIAN_UPDATE_GOLDEN") && std::string(std::getenv("YILIAN_UPDATE_GOLDEN")) == "1";
   for (const auto& c : cases) {
@@ -293,6 +295,31 @@ TEST_CASE("ORM^O01: a ServiceRequest keyed on the placer order number, requester
         entry.find("request")->find("url")->text().ends_with("%7C88502218"))
       keyed = true;
   CHECK(keyed);
+}
+
+TEST_CASE("SIU^S12/S15 -> Appointment keyed on the filler appointment id; MDM^T02 -> DocumentReference") {
+  auto booked = v2::map_to_fhir(parse_file(corpus_dir / "SIU-S12-01.hl7"), alliance_options());
+  CHECK_MESSAGE(!booked.has_errors(), problems_text(booked));
+  auto appointments = resources_of(booked.bundle, "Appointment");
+  REQUIRE(appointments.size() == 1);
+  CHECK(appointments[0]->find("status")->text() == "booked");
+  CHECK(appointments[0]->find("start")->text() == "2021-09-24T09:30:00+02:15");
+  CHECK(appointments[0]->find("participant")->items().size() == 3);  // patient, AIP, AIL
+
+  auto cancelled = v2::map_to_fhir(parse_file(corpus_dir / "SIU-S15-01.hl7"), alliance_options());
+  auto cancelled_appointments = resources_of(cancelled.bundle, "Appointment");
+  REQUIRE(cancelled_appointments.size() == 1);
+  CHECK(cancelled_appointments[0]->find("status")->text() == "cancelled");
+
+  auto document = v2::map_to_fhir(parse_file(corpus_dir / "MDM-T02-02.hl7"), alliance_options());
+  CHECK_MESSAGE(!document.has_errors(), problems_text(document));
+  auto documents = resources_of(document.bundle, "DocumentReference");
+  REQUIRE(documents.size() == 1);
+  CHECK(documents[0]->find("masterIdentifier")->find("value")->text() == "1.2.840.317.5947431.51.20080131160038");
+  CHECK(documents[0]->find("docStatus")->text() == "final");
+  const auto& attachment = *documents[0]->find("content")->items()[0].find("attachment");
+  CHECK(attachment.find("contentType")->text() == "text/plain; charset=utf-8");
+  CHECK(!attachment.find("data")->text().empty());
 }
 
 TEST_CASE("unsupported messages are refused with table 0357 codes; bad values are errors with locations") {

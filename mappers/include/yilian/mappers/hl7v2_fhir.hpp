@@ -2,7 +2,8 @@
 // it speaks (segment maps PID, PV1, NK1, IN1, OBR, OBX, SPM, NTE).
 //
 // Supported: ADT^A01 A02 A03 A04 A05 A08 A11 A13 A28 A31 A40, ORU^R01, ORM^O01 and OML^O21
-// (laboratory/radiology orders with OBR -> ServiceRequest). Anything else comes back
+// (laboratory/radiology orders with OBR -> ServiceRequest), SIU^S12-S15 -> Appointment and
+// MDM^T02 -> DocumentReference (TX lines as one text/plain attachment). Anything else comes back
 // with supported = false and a table 0357 problem (200 unknown type, 201 unknown event): answer AR.
 //
 // Identity. Every entry is a conditional update on a stable business identifier, so replaying a
@@ -12,6 +13,8 @@
 //   DiagnosticReport   PUT ...?identifier=       OBR-3 filler number (else ORC-3, else OBR-2 placer)
 //   Observation        PUT ...?identifier=       OBX-21, else filler number + "/" + OBX-3 code [+ "/" + OBX-4 sub-id]
 //   ServiceRequest     PUT ...?identifier=       placer order number (OBR-2, else ORC-2), else the filler number
+//   Appointment        PUT ...?identifier=       SCH-2 filler appointment id, else SCH-1
+//   DocumentReference  PUT ...?identifier=       TXA-12 unique document number (masterIdentifier)
 //   Specimen           PUT ...?identifier=       SPM-2 (else filler number + "/specimen" for OBR-15)
 //   Organization, Practitioner, Location, RelatedPerson, Coverage, DocumentReference likewise.
 // Identifiers whose assigning authority has no configured system get a local system
