@@ -49,12 +49,15 @@ std::optional<std::string> standard_code_system(std::string_view v2_system) {
   if (v2_system.size() >= 7 && v2_system.substr(0, 3) == "HL7") {
     std::string digits;
     for (char c : v2_system.substr(3))
-      if (std::isdigit(static_cast<unsigned char>(c))) digits += c;
-      else if (c != ' ') return std::nullopt;
+      if (std::isdigit(static_cast<unsigned char>(c)))
+        digits += c;
+      else if (c != ' ')
+        return std::nullopt;
     if (digits.size() == 4) return "http://terminology.hl7.org/CodeSystem/v2-" + digits;
     return std::nullopt;
   }
-  bool oid = std::isdigit(static_cast<unsigned char>(v2_system.front())) && v2_system.find('.') != std::string_view::npos;
+  bool oid =
+      std::isdigit(static_cast<unsigned char>(v2_system.front())) && v2_system.find('.') != std::string_view::npos;
   for (char c : v2_system)
     if (!std::isdigit(static_cast<unsigned char>(c)) && c != '.') oid = false;
   if (oid) return "urn:oid:" + std::string(v2_system);
@@ -64,23 +67,74 @@ std::optional<std::string> standard_code_system(std::string_view v2_system) {
 std::optional<std::string> ucum_unit(std::string_view printed) {
   // Units as Chinese and international LIS print them, with their UCUM codes.
   static const std::map<std::string, std::string, std::less<>> units = {
-      {"mmol/L", "mmol/L"},   {"mmol/l", "mmol/L"},   {"umol/L", "umol/L"},   {"umol/l", "umol/L"},
-      {"μmol/L", "umol/L"},   {"µmol/L", "umol/L"},   {"nmol/L", "nmol/L"},   {"pmol/L", "pmol/L"},
-      {"mol/L", "mol/L"},     {"g/L", "g/L"},         {"g/l", "g/L"},         {"g/dL", "g/dL"},
-      {"g/dl", "g/dL"},       {"mg/L", "mg/L"},       {"mg/dL", "mg/dL"},     {"mg/dl", "mg/dL"},
-      {"ug/L", "ug/L"},       {"μg/L", "ug/L"},       {"ng/mL", "ng/mL"},     {"ng/ml", "ng/mL"},
-      {"pg/mL", "pg/mL"},     {"pg/ml", "pg/mL"},     {"pg", "pg"},           {"fL", "fL"},
-      {"fl", "fL"},           {"%", "%"},             {"U/L", "U/L"},         {"u/L", "U/L"},
-      {"IU/L", "[IU]/L"},     {"IU/mL", "[IU]/mL"},   {"mIU/L", "m[IU]/L"},   {"mIU/mL", "m[IU]/mL"},
-      {"uIU/mL", "u[IU]/mL"}, {"μIU/mL", "u[IU]/mL"}, {"10*9/L", "10*9/L"},   {"10^9/L", "10*9/L"},
-      {"×10^9/L", "10*9/L"},  {"x10^9/L", "10*9/L"},  {"10E9/L", "10*9/L"},   {"giga.l-1", "10*9/L"},
-      {"10*12/L", "10*12/L"}, {"10^12/L", "10*12/L"}, {"×10^12/L", "10*12/L"}, {"x10^12/L", "10*12/L"},
-      {"10E12/L", "10*12/L"}, {"tera.l-1", "10*12/L"}, {"mm/h", "mm/h"},      {"mm/hr", "mm/h"},
-      {"s", "s"},             {"sec", "s"},           {"min", "min"},         {"mL/min", "mL/min"},
-      {"mEq/L", "meq/L"},     {"meq/L", "meq/L"},     {"mmHg", "mm[Hg]"},     {"kg", "kg"},
-      {"g", "g"},             {"cm", "cm"},           {"/min", "/min"},       {"beats/min", "/min"},
-      {"/uL", "/uL"},         {"/μL", "/uL"},         {"cells/uL", "/uL"},    {"/HPF", "/[HPF]"},
-      {"/LPF", "/[LPF]"},     {"kg/m2", "kg/m2"},     {"mOsm/kg", "mosm/kg"}, {"ratio", "{ratio}"},
+      {"mmol/L", "mmol/L"},
+      {"mmol/l", "mmol/L"},
+      {"umol/L", "umol/L"},
+      {"umol/l", "umol/L"},
+      {"μmol/L", "umol/L"},
+      {"µmol/L", "umol/L"},
+      {"nmol/L", "nmol/L"},
+      {"pmol/L", "pmol/L"},
+      {"mol/L", "mol/L"},
+      {"g/L", "g/L"},
+      {"g/l", "g/L"},
+      {"g/dL", "g/dL"},
+      {"g/dl", "g/dL"},
+      {"mg/L", "mg/L"},
+      {"mg/dL", "mg/dL"},
+      {"mg/dl", "mg/dL"},
+      {"ug/L", "ug/L"},
+      {"μg/L", "ug/L"},
+      {"ng/mL", "ng/mL"},
+      {"ng/ml", "ng/mL"},
+      {"pg/mL", "pg/mL"},
+      {"pg/ml", "pg/mL"},
+      {"pg", "pg"},
+      {"fL", "fL"},
+      {"fl", "fL"},
+      {"%", "%"},
+      {"U/L", "U/L"},
+      {"u/L", "U/L"},
+      {"IU/L", "[IU]/L"},
+      {"IU/mL", "[IU]/mL"},
+      {"mIU/L", "m[IU]/L"},
+      {"mIU/mL", "m[IU]/mL"},
+      {"uIU/mL", "u[IU]/mL"},
+      {"μIU/mL", "u[IU]/mL"},
+      {"10*9/L", "10*9/L"},
+      {"10^9/L", "10*9/L"},
+      {"×10^9/L", "10*9/L"},
+      {"x10^9/L", "10*9/L"},
+      {"10E9/L", "10*9/L"},
+      {"giga.l-1", "10*9/L"},
+      {"10*12/L", "10*12/L"},
+      {"10^12/L", "10*12/L"},
+      {"×10^12/L", "10*12/L"},
+      {"x10^12/L", "10*12/L"},
+      {"10E12/L", "10*12/L"},
+      {"tera.l-1", "10*12/L"},
+      {"mm/h", "mm/h"},
+      {"mm/hr", "mm/h"},
+      {"s", "s"},
+      {"sec", "s"},
+      {"min", "min"},
+      {"mL/min", "mL/min"},
+      {"mEq/L", "meq/L"},
+      {"meq/L", "meq/L"},
+      {"mmHg", "mm[Hg]"},
+      {"kg", "kg"},
+      {"g", "g"},
+      {"cm", "cm"},
+      {"/min", "/min"},
+      {"beats/min", "/min"},
+      {"/uL", "/uL"},
+      {"/μL", "/uL"},
+      {"cells/uL", "/uL"},
+      {"/HPF", "/[HPF]"},
+      {"/LPF", "/[LPF]"},
+      {"kg/m2", "kg/m2"},
+      {"mOsm/kg", "mosm/kg"},
+      {"ratio", "{ratio}"},
   };
   if (auto it = units.find(printed); it != units.end()) return it->second;
   return std::nullopt;
@@ -116,7 +170,9 @@ std::string part(const repetition* r, int c, int sc) {
   return subs[static_cast<std::size_t>(sc) - 1];
 }
 
-std::string leaf(const segment& s, int f, int c, int sc) { return part(repetition_at(s, f, 0), c, sc); }
+std::string leaf(const segment& s, int f, int c, int sc) {
+  return part(repetition_at(s, f, 0), c, sc);
+}
 
 bool has_cjk(std::string_view text) {
   for (unsigned char c : text)
@@ -128,7 +184,8 @@ std::string percent_encode(std::string_view text, std::string_view keep) {
   static const char* hex = "0123456789ABCDEF";
   std::string out;
   for (unsigned char c : text) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || keep.find(static_cast<char>(c)) != std::string_view::npos) {
+    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' ||
+        keep.find(static_cast<char>(c)) != std::string_view::npos) {
       out += static_cast<char>(c);
     } else {
       out += '%';
@@ -148,7 +205,9 @@ std::vector<segment_ref> numbered_segments(const message& m) {
 
 // ---- JSON helpers ----
 
-fhir::value str(std::string text) { return fhir::value::make_string(std::move(text)); }
+fhir::value str(std::string text) {
+  return fhir::value::make_string(std::move(text));
+}
 
 void set_text(fhir::value& object, std::string_view name, const std::string& text) {
   if (!text.empty()) object.set(name, str(text));
@@ -191,7 +250,8 @@ location mapper::at(const segment_ref& s, int field, int component) const {
 }
 
 std::string mapper::local_system(std::string_view what) const {
-  return "urn:yilian:local:" + percent_encode(facility.empty() ? "unknown" : facility) + ":" + percent_encode(what, ":");
+  return "urn:yilian:local:" + percent_encode(facility.empty() ? "unknown" : facility) + ":" +
+         percent_encode(what, ":");
 }
 
 std::string mapper::urn_for(std::string_view key) const {
@@ -237,7 +297,8 @@ std::string mapper::authority_system(const std::string& namespace_id, const std:
   for (const std::string* authority : {&namespace_id, &universal_id}) {
     if (authority->empty()) continue;
     if (!identifier_type.empty())
-      if (auto it = options.authority_systems.find(*authority + "^" + identifier_type); it != options.authority_systems.end())
+      if (auto it = options.authority_systems.find(*authority + "^" + identifier_type);
+          it != options.authority_systems.end())
         return it->second;
     if (auto it = options.authority_systems.find(*authority); it != options.authority_systems.end()) return it->second;
   }
@@ -254,7 +315,8 @@ std::string mapper::authority_system(const std::string& namespace_id, const std:
   return local_system(fallback);
 }
 
-std::optional<fhir::value> mapper::identifier_cx(const repetition* cx, std::string_view fallback, const location& where) {
+std::optional<fhir::value> mapper::identifier_cx(const repetition* cx, std::string_view fallback,
+                                                 const location& where) {
   std::string id = part(cx, 1);
   if (id.empty()) return std::nullopt;
   fhir::value identifier = fhir::value::make_object();
@@ -297,7 +359,8 @@ std::optional<fhir::value> mapper::identifier_ei(const repetition* ei, int first
     append(concept_value, "coding", std::move(c));
     identifier.set("type", std::move(concept_value));
   }
-  identifier.set("system", str(authority_system(part(ei, first + 1), part(ei, first + 2), part(ei, first + 3), fallback)));
+  identifier.set("system",
+                 str(authority_system(part(ei, first + 1), part(ei, first + 2), part(ei, first + 3), fallback)));
   identifier.set("value", str(id));
   return identifier;
 }
@@ -316,7 +379,8 @@ std::optional<fhir::value> mapper::identifier_ei_sub(const repetition* r, int co
     append(concept_value, "coding", std::move(c));
     identifier.set("type", std::move(concept_value));
   }
-  identifier.set("system", str(authority_system(part(r, component, 2), part(r, component, 3), part(r, component, 4), fallback)));
+  identifier.set("system",
+                 str(authority_system(part(r, component, 2), part(r, component, 3), part(r, component, 4), fallback)));
   identifier.set("value", str(id));
   return identifier;
 }
@@ -361,8 +425,8 @@ std::optional<fhir::value> mapper::codeable_concept(const repetition* cwe, const
     if (!standard && !locals.empty())
       problem_at(where, error_code::table_value_not_found,
                  "local code '" + locals.front().code + "'" +
-                     (locals.front().v2_system.empty() ? "" : " (" + locals.front().v2_system + ")") + " from '" + facility +
-                     "' has no standard equivalent; kept as local coding",
+                     (locals.front().v2_system.empty() ? "" : " (" + locals.front().v2_system + ")") + " from '" +
+                     facility + "' has no standard equivalent; kept as local coding",
                  true);
   }
   std::string text = part(cwe, 9);
@@ -386,7 +450,7 @@ std::optional<fhir::value> mapper::human_name(const repetition* xpn) {
   if (!xpn) return std::nullopt;
   fhir::value name = fhir::value::make_object();
   static const std::map<std::string, std::string, std::less<>> uses = {
-      {"L", "official"}, {"D", "usual"}, {"M", "maiden"}, {"N", "nickname"}, {"S", "anonymous"},
+      {"L", "official"}, {"D", "usual"}, {"M", "maiden"},   {"N", "nickname"}, {"S", "anonymous"},
       {"T", "temp"},     {"A", "usual"}, {"B", "official"}, {"C", "official"}, {"U", "usual"}};
   if (auto it = uses.find(part(xpn, 7)); it != uses.end()) name.set("use", str(it->second));
   std::string family = part(xpn, 1, 1);
@@ -407,9 +471,9 @@ std::optional<fhir::value> mapper::address(const repetition* xad) {
   if (!xad) return std::nullopt;
   fhir::value a = fhir::value::make_object();
   static const std::map<std::string, std::pair<const char*, const char*>, std::less<>> kinds = {
-      {"H", {"home", nullptr}}, {"B", {"work", nullptr}},       {"O", {"work", nullptr}},
-      {"C", {"temp", nullptr}}, {"M", {nullptr, "postal"}},     {"BA", {"old", nullptr}},
-      {"BR", {"home", nullptr}}, {"P", {"home", nullptr}},      {"BDL", {"home", nullptr}}};
+      {"H", {"home", nullptr}},  {"B", {"work", nullptr}},   {"O", {"work", nullptr}},
+      {"C", {"temp", nullptr}},  {"M", {nullptr, "postal"}}, {"BA", {"old", nullptr}},
+      {"BR", {"home", nullptr}}, {"P", {"home", nullptr}},   {"BDL", {"home", nullptr}}};
   if (auto it = kinds.find(part(xad, 7)); it != kinds.end()) {
     if (it->second.first) a.set("use", str(it->second.first));
     if (it->second.second) a.set("type", str(it->second.second));
@@ -441,8 +505,10 @@ std::optional<fhir::value> mapper::contact_point(const repetition* xtn, std::str
   if (equipment == "Internet" || equipment == "X.400" || use_code == "NET") {
     system = "email";
   } else {
-    if (equipment == "FX") system = "fax";
-    else if (equipment == "BP") system = "pager";
+    if (equipment == "FX")
+      system = "fax";
+    else if (equipment == "BP")
+      system = "pager";
     number.clear();
     std::string local = part(xtn, 7);
     if (!local.empty()) {
@@ -459,10 +525,14 @@ std::optional<fhir::value> mapper::contact_point(const repetition* xtn, std::str
   cp.set("system", str(system));
   cp.set("value", str(number));
   std::string use(default_use);
-  if (equipment == "CP") use = "mobile";
-  else if (use_code == "WPN") use = "work";
-  else if (use_code == "PRN") use = "home";
-  else if (use_code == "EMR") use = "temp";
+  if (equipment == "CP")
+    use = "mobile";
+  else if (use_code == "WPN")
+    use = "work";
+  else if (use_code == "PRN")
+    use = "home";
+  else if (use_code == "EMR")
+    use = "temp";
   set_text(cp, "use", use);
   return cp;
 }
@@ -470,9 +540,17 @@ std::optional<fhir::value> mapper::contact_point(const repetition* xtn, std::str
 std::optional<std::string> mapper::gender(const std::string& code, const location& where) {
   if (code.empty()) return std::nullopt;
   static const std::map<std::string, std::string, std::less<>> table = {
-      {"M", "male"}, {"F", "female"}, {"O", "other"}, {"A", "other"}, {"N", "other"}, {"U", "unknown"},
+      {"M", "male"},
+      {"F", "female"},
+      {"O", "other"},
+      {"A", "other"},
+      {"N", "other"},
+      {"U", "unknown"},
       // GB/T 2261.1 codes, as Chinese HIS send them in PID-8
-      {"1", "male"}, {"2", "female"}, {"0", "unknown"}, {"9", "other"}};
+      {"1", "male"},
+      {"2", "female"},
+      {"0", "unknown"},
+      {"9", "other"}};
   if (auto it = table.find(code); it != table.end()) return it->second;
   problem_at(where, error_code::table_value_not_found, "administrative sex '" + code + "' is not in table 0001", true);
   return std::nullopt;
@@ -516,7 +594,8 @@ std::optional<std::string> mapper::practitioner(const repetition* xcn, const loc
   if (display) {
     display->clear();
     if (name) {
-      if (const fhir::value* t = name->find("text")) *display = t->text();
+      if (const fhir::value* t = name->find("text"))
+        *display = t->text();
       else {
         std::string family = part(xcn, 2, 1), given = part(xcn, 3);
         *display = given.empty() ? family : given + " " + family;
@@ -526,7 +605,8 @@ std::optional<std::string> mapper::practitioner(const repetition* xcn, const loc
   std::string id = part(xcn, 1);
   if (id.empty()) return std::nullopt;
   fhir::value identifier = fhir::value::make_object();
-  identifier.set("system", str(authority_system(part(xcn, 9, 1), part(xcn, 9, 2), part(xcn, 9, 3), "practitioner", part(xcn, 13))));
+  identifier.set("system", str(authority_system(part(xcn, 9, 1), part(xcn, 9, 2), part(xcn, 9, 3), "practitioner",
+                                                part(xcn, 13))));
   identifier.set("value", str(id));
   fhir::value resource = fhir::value::make_object();
   resource.set("resourceType", str("Practitioner"));

@@ -56,8 +56,10 @@ std::optional<mapper::patient_context> mapper::map_patient(const segment_ref& pi
   if (auto g = gender(leaf(s, 8), at(pid, 8))) patient.set("gender", str(*g));
   if (auto birth = date(leaf(s, 7), at(pid, 7))) patient.set("birthDate", str(*birth));
   if (std::string deceased = leaf(s, 30); deceased == "Y" || !leaf(s, 29).empty()) {
-    if (auto when = datetime(leaf(s, 29), at(pid, 29))) patient.set("deceasedDateTime", str(*when));
-    else patient.set("deceasedBoolean", fhir::value::make_boolean(true));
+    if (auto when = datetime(leaf(s, 29), at(pid, 29)))
+      patient.set("deceasedDateTime", str(*when));
+    else
+      patient.set("deceasedBoolean", fhir::value::make_boolean(true));
   } else if (deceased == "N") {
     patient.set("deceasedBoolean", fhir::value::make_boolean(false));
   }
@@ -66,13 +68,14 @@ std::optional<mapper::patient_context> mapper::map_patient(const segment_ref& pi
   if (const repetition* marital = repetition_at(s, 16)) {
     std::string code = part(marital, 1);
     static const std::map<std::string, std::string, std::less<>> v3 = {
-        {"M", "M"}, {"S", "S"}, {"D", "D"}, {"W", "W"}, {"A", "L"}, {"E", "L"}, {"C", "C"},
+        {"M", "M"}, {"S", "S"}, {"D", "D"}, {"W", "W"}, {"A", "L"}, {"E", "L"},  {"C", "C"},
         {"P", "P"}, {"T", "T"}, {"I", "I"}, {"N", "A"}, {"B", "U"}, {"U", "UNK"}};
     std::string v2_system = part(marital, 3);
     if (auto it = v3.find(code); it != v3.end() && (v2_system.empty() || v2_system == "HL70002")) {
-      fhir::value concept_value = table_concept(it->second == "UNK" ? "http://terminology.hl7.org/CodeSystem/v3-NullFlavor"
-                                                                   : "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus",
-                                                it->second, part(marital, 2));
+      fhir::value concept_value =
+          table_concept(it->second == "UNK" ? "http://terminology.hl7.org/CodeSystem/v3-NullFlavor"
+                                            : "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus",
+                        it->second, part(marital, 2));
       patient.set("maritalStatus", std::move(concept_value));
     } else if (auto concept_value = codeable_concept(marital, at(pid, 16))) {
       patient.set("maritalStatus", std::move(*concept_value));
@@ -147,11 +150,16 @@ std::optional<std::string> mapper::map_encounter(const segment_ref& pv1, const p
   // Status from the event; A08 and others from the admit/discharge times.
   std::string admit = leaf(s, 44), discharge = leaf(s, 45);
   std::string status;
-  if (event == "A03") status = "finished";
-  else if (event == "A11") status = "cancelled";
-  else if (event == "A05" || event == "A14") status = "planned";
-  else if (event == "A01" || event == "A02" || event == "A04" || event == "A13") status = "in-progress";
-  else status = !discharge.empty() ? "finished" : !admit.empty() ? "in-progress" : "unknown";
+  if (event == "A03")
+    status = "finished";
+  else if (event == "A11")
+    status = "cancelled";
+  else if (event == "A05" || event == "A14")
+    status = "planned";
+  else if (event == "A01" || event == "A02" || event == "A04" || event == "A13")
+    status = "in-progress";
+  else
+    status = !discharge.empty() ? "finished" : !admit.empty() ? "in-progress" : "unknown";
   encounter.set("status", str(status));
 
   static const std::map<std::string, std::pair<std::string, std::string>, std::less<>> classes = {
@@ -165,13 +173,14 @@ std::optional<std::string> mapper::map_encounter(const segment_ref& pv1, const p
     encounter_class.set("display", str(it->second.second));
   } else {
     if (!patient_class.empty())
-      problem_at(at(pv1, 2), error_code::table_value_not_found, "patient class '" + patient_class + "' is not in table 0004",
-                 true);
+      problem_at(at(pv1, 2), error_code::table_value_not_found,
+                 "patient class '" + patient_class + "' is not in table 0004", true);
     encounter_class.set("system", str("http://terminology.hl7.org/CodeSystem/v3-NullFlavor"));
     encounter_class.set("code", str("UNK"));
   }
   encounter.set("class", std::move(encounter_class));
-  if (auto service = codeable_concept(repetition_at(s, 10), at(pv1, 10))) encounter.set("serviceType", std::move(*service));
+  if (auto service = codeable_concept(repetition_at(s, 10), at(pv1, 10)))
+    encounter.set("serviceType", std::move(*service));
   encounter.set("subject", reference(patient.urn));
 
   struct role {
@@ -236,7 +245,7 @@ void mapper::map_next_of_kin(const segment_ref& nk1, const patient_context& pati
   person.set("patient", reference(patient.urn));
   if (const repetition* relation = repetition_at(s, 3)) {
     static const std::map<std::string, std::string, std::less<>> v3 = {
-        {"SPO", "SPS"}, {"CHD", "CHILD"}, {"MTH", "MTH"}, {"FTH", "FTH"}, {"PAR", "PRN"}, {"SIB", "SIB"},
+        {"SPO", "SPS"}, {"CHD", "CHILD"}, {"MTH", "MTH"},   {"FTH", "FTH"},  {"PAR", "PRN"},     {"SIB", "SIB"},
         {"BRO", "BRO"}, {"SIS", "SIS"},   {"GRD", "GUARD"}, {"FND", "FRND"}, {"DOM", "DOMPART"}, {"SEL", "ONESELF"}};
     fhir::value concept_value = fhir::value::make_object();
     if (auto it = v3.find(part(relation, 1)); it != v3.end()) {
@@ -304,11 +313,13 @@ void mapper::map_coverage(const segment_ref& in1, const patient_context& patient
     payor = organization(&name_only, at(in1, 4));
   }
   if (!payor) {
-    problem_at(at(in1, 3), error_code::required_field_missing, "IN1-3/IN1-4: no insurance company, Coverage skipped", true);
+    problem_at(at(in1, 3), error_code::required_field_missing, "IN1-3/IN1-4: no insurance company, Coverage skipped",
+               true);
     return;
   }
   append(coverage, "payor", reference(*payor, leaf(s, 4)));
-  std::string key = identity ? "Coverage|" + identity->find("value")->text() : "Coverage|" + std::to_string(in1.occurrence);
+  std::string key =
+      identity ? "Coverage|" + identity->find("value")->text() : "Coverage|" + std::to_string(in1.occurrence);
   add_entry(key, std::move(coverage), identity, at(in1, 36));
 }
 
@@ -337,8 +348,9 @@ void mapper::map_merge(const segment_ref& mrg, const patient_context& survivor) 
   link.set("other", reference(survivor.urn));
   link.set("type", str("replaced-by"));
   append(merged, "link", std::move(link));
-  std::string merged_urn = add_entry("Patient|" + identity->find("system")->text() + "|" + identity->find("value")->text(),
-                                     std::move(merged), identity, at(mrg, 1));
+  std::string merged_urn =
+      add_entry("Patient|" + identity->find("system")->text() + "|" + identity->find("value")->text(),
+                std::move(merged), identity, at(mrg, 1));
   if (fhir::value* patient = entry_resource(survivor.urn)) {
     fhir::value back = fhir::value::make_object();
     back.set("other", reference(merged_urn));
@@ -366,7 +378,8 @@ void mapper::map_adt(const std::string& event) {
       map_merge(ref, *patient);
     }
   }
-  if (!msg.find("PID")) problem_at(location{"PID", 1, 0, 0, 0, 0}, error_code::segment_sequence, "PID segment missing", false);
+  if (!msg.find("PID"))
+    problem_at(location{"PID", 1, 0, 0, 0, 0}, error_code::segment_sequence, "PID segment missing", false);
   if (event == "A40" && !msg.find("MRG"))
     problem_at(location{"MRG", 1, 0, 0, 0, 0}, error_code::segment_sequence, "A40 without MRG segment", false);
 }

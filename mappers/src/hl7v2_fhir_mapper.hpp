@@ -93,7 +93,8 @@ class mapper {
     std::optional<fhir::value> identity;  // the identifier the Patient entry is keyed on
   };
   std::optional<patient_context> map_patient(const segment_ref& pid);
-  std::optional<std::string> map_encounter(const segment_ref& pv1, const patient_context& patient, const std::string& event);
+  std::optional<std::string> map_encounter(const segment_ref& pv1, const patient_context& patient,
+                                           const std::string& event);
   std::vector<std::string> map_locations(const repetition* pl, const location& where);
   void map_next_of_kin(const segment_ref& nk1, const patient_context& patient);
   void map_coverage(const segment_ref& in1, const patient_context& patient);
@@ -104,7 +105,8 @@ class mapper {
   void map_report(report_context& report);
   std::optional<std::string> map_specimen(const segment_ref& spm, report_context& report);
   void map_service_request(report_context& order);
-  std::optional<fhir::value> observation_value(const segment_ref& obx, fhir::value& observation, report_context& report);
+  std::optional<fhir::value> observation_value(const segment_ref& obx, fhir::value& observation,
+                                               report_context& report);
 
  public:
   const message& msg;

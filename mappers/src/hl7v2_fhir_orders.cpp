@@ -16,23 +16,26 @@ void mapper::map_service_request(report_context& order) {
 
   // ORC-5 order status (table 0038) when sent, else ORC-1 order control (table 0119).
   static const std::map<std::string, std::string, std::less<>> by_status = {
-      {"A", "active"}, {"IP", "active"}, {"SC", "active"}, {"CM", "completed"}, {"CA", "revoked"},
+      {"A", "active"},   {"IP", "active"},  {"SC", "active"},           {"CM", "completed"}, {"CA", "revoked"},
       {"DC", "revoked"}, {"HD", "on-hold"}, {"ER", "entered-in-error"}, {"RP", "active"}};
   static const std::map<std::string, std::string, std::less<>> by_control = {
-      {"NW", "active"}, {"XO", "active"}, {"RP", "active"}, {"SC", "active"}, {"SN", "active"},
+      {"NW", "active"},  {"XO", "active"},  {"RP", "active"},  {"SC", "active"},  {"SN", "active"},
       {"CA", "revoked"}, {"OC", "revoked"}, {"DC", "revoked"}, {"OD", "revoked"}, {"CR", "revoked"},
       {"HD", "on-hold"}, {"OH", "on-hold"}, {"RL", "active"}};
   std::string status = "unknown";
   if (orc) {
-    if (auto it = by_status.find(leaf(*orc, 5)); it != by_status.end()) status = it->second;
-    else if (auto it2 = by_control.find(leaf(*orc, 1)); it2 != by_control.end()) status = it2->second;
+    if (auto it = by_status.find(leaf(*orc, 5)); it != by_status.end())
+      status = it->second;
+    else if (auto it2 = by_control.find(leaf(*orc, 1)); it2 != by_control.end())
+      status = it2->second;
   }
   request.set("status", str(status));
   request.set("intent", str("order"));
   if (auto code = codeable_concept(repetition_at(obr, 4), at(order.obr, 4))) {
     request.set("code", std::move(*code));
   } else {
-    problem_at(at(order.obr, 4), error_code::required_field_missing, "OBR-4 universal service identifier missing", false);
+    problem_at(at(order.obr, 4), error_code::required_field_missing, "OBR-4 universal service identifier missing",
+               false);
   }
   static const std::map<std::string, std::string, std::less<>> priorities = {
       {"S", "stat"}, {"A", "asap"}, {"R", "routine"}, {"P", "urgent"}, {"C", "urgent"}, {"T", "urgent"}};
@@ -53,13 +56,14 @@ void mapper::map_service_request(report_context& order) {
   if (auto urn = practitioner(provider, provider_at, &display); urn || !display.empty())
     request.set("requester", reference(urn.value_or(""), display));
   for (const repetition* reason : repetitions(obr, 31))
-    if (auto concept_value = codeable_concept(reason, at(order.obr, 31))) append(request, "reasonCode", std::move(*concept_value));
+    if (auto concept_value = codeable_concept(reason, at(order.obr, 31)))
+      append(request, "reasonCode", std::move(*concept_value));
   for (const auto& specimen : order.specimens) append(request, "specimen", reference(specimen));
   for (auto& note : order.notes) append(request, "note", std::move(note));
 
-  std::string key = order.identity
-                        ? "ServiceRequest|" + order.identity->find("system")->text() + "|" + order.identity->find("value")->text()
-                        : "ServiceRequest|" + std::to_string(order.obr.occurrence);
+  std::string key = order.identity ? "ServiceRequest|" + order.identity->find("system")->text() + "|" +
+                                         order.identity->find("value")->text()
+                                   : "ServiceRequest|" + std::to_string(order.obr.occurrence);
   add_entry(key, std::move(request), order.identity, at(order.obr, 2));
 }
 
@@ -122,9 +126,11 @@ void mapper::map_orders() {
     }
   }
   flush();
-  if (!msg.find("PID")) problem_at(location{"PID", 1, 0, 0, 0, 0}, error_code::segment_sequence, "PID segment missing", false);
+  if (!msg.find("PID"))
+    problem_at(location{"PID", 1, 0, 0, 0, 0}, error_code::segment_sequence, "PID segment missing", false);
   if (!msg.find("OBR"))
-    problem_at(location{"OBR", 1, 0, 0, 0, 0}, error_code::segment_sequence, "no OBR: only laboratory/radiology orders are mapped", false);
+    problem_at(location{"OBR", 1, 0, 0, 0, 0}, error_code::segment_sequence,
+               "no OBR: only laboratory/radiology orders are mapped", false);
 }
 
 }  // namespace yilian::mappers::hl7v2::detail

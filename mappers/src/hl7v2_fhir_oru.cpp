@@ -8,7 +8,6 @@
 
 namespace yilian::mappers::hl7v2::detail {
 
-
 namespace {
 
 std::string trim(std::string_view s) {
@@ -36,11 +35,10 @@ std::optional<std::string> decimal(std::string_view text) {
   return out == "-0" ? "0" : out;
 }
 
-
 std::string content_type(const std::string& type, const std::string& subtype) {
   static const std::map<std::string, std::string, std::less<>> subtypes = {
-      {"PDF", "application/pdf"}, {"JPEG", "image/jpeg"}, {"JPG", "image/jpeg"}, {"PNG", "image/png"},
-      {"GIF", "image/gif"},       {"TIFF", "image/tiff"}, {"RTF", "application/rtf"}, {"HTML", "text/html"},
+      {"PDF", "application/pdf"}, {"JPEG", "image/jpeg"},        {"JPG", "image/jpeg"},      {"PNG", "image/png"},
+      {"GIF", "image/gif"},       {"TIFF", "image/tiff"},        {"RTF", "application/rtf"}, {"HTML", "text/html"},
       {"XML", "application/xml"}, {"DICOM", "application/dicom"}};
   std::string upper;
   for (char c : subtype) upper += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
@@ -84,7 +82,8 @@ std::optional<fhir::value> mapper::observation_value(const segment_ref& obx, fhi
   location where = at(obx, 5);
   const repetition* first = values.front();
   if (values.size() > 1 && type != "ST" && type != "TX" && type != "FT")
-    problem_at(where, error_code::data_type, "OBX-5 repeats for type " + type + ": only the first value is mapped", true);
+    problem_at(where, error_code::data_type, "OBX-5 repeats for type " + type + ": only the first value is mapped",
+               true);
 
   const repetition* unit_field = repetition_at(s, 6);
   auto quantity = [&](const std::string& number) {
@@ -93,13 +92,15 @@ std::optional<fhir::value> mapper::observation_value(const segment_ref& obx, fhi
     std::string unit_code = part(unit_field, 1), unit_text = part(unit_field, 2), unit_system = part(unit_field, 3);
     std::string printed = !unit_code.empty() ? unit_code : unit_text;
     set_text(q, "unit", unit_text.empty() ? unit_code : unit_text);
-    std::optional<std::string> ucum = unit_system == "UCUM" ? std::optional<std::string>(unit_code) : ucum_unit(printed);
+    std::optional<std::string> ucum =
+        unit_system == "UCUM" ? std::optional<std::string>(unit_code) : ucum_unit(printed);
     if (!ucum && !unit_text.empty()) ucum = ucum_unit(unit_text);
     if (ucum) {
       q.set("system", str("http://unitsofmeasure.org"));
       q.set("code", str(*ucum));
     } else if (!printed.empty()) {
-      problem_at(at(obx, 6), error_code::table_value_not_found, "unit '" + printed + "' is not a known UCUM unit", true);
+      problem_at(at(obx, 6), error_code::table_value_not_found, "unit '" + printed + "' is not a known UCUM unit",
+                 true);
     }
     return q;
   };
@@ -127,7 +128,8 @@ std::optional<fhir::value> mapper::observation_value(const segment_ref& obx, fhi
     }
     if (!text.empty()) observation.set("valueString", str(text));
   } else if (type == "CE" || type == "CWE" || type == "CNE" || type == "CF") {
-    if (auto concept_value = codeable_concept(first, where)) observation.set("valueCodeableConcept", std::move(*concept_value));
+    if (auto concept_value = codeable_concept(first, where))
+      observation.set("valueCodeableConcept", std::move(*concept_value));
   } else if (type == "SN") {
     std::string comparator = part(first, 1), n1 = part(first, 2), separator = part(first, 3), n2 = part(first, 4);
     if (separator.empty() && n2.empty()) {
@@ -175,9 +177,12 @@ std::optional<fhir::value> mapper::observation_value(const segment_ref& obx, fhi
   } else if (type == "TM") {
     std::string t = part(first, 1);
     std::string formatted;
-    if (t.size() >= 4) formatted = t.substr(0, 2) + ":" + t.substr(2, 2) + ":" + (t.size() >= 6 ? t.substr(4, 2) : "00");
-    if (fhir::is_valid_primitive("time", formatted)) observation.set("valueTime", str(formatted));
-    else problem_at(where, error_code::data_type, "OBX-5 '" + t + "' is not a time", false);
+    if (t.size() >= 4)
+      formatted = t.substr(0, 2) + ":" + t.substr(2, 2) + ":" + (t.size() >= 6 ? t.substr(4, 2) : "00");
+    if (fhir::is_valid_primitive("time", formatted))
+      observation.set("valueTime", str(formatted));
+    else
+      problem_at(where, error_code::data_type, "OBX-5 '" + t + "' is not a time", false);
   } else if (type == "ED" || type == "RP") {
     fhir::value attachment = fhir::value::make_object();
     if (type == "ED") {
@@ -194,7 +199,8 @@ std::optional<fhir::value> mapper::observation_value(const segment_ref& obx, fhi
         attachment.set("data", str(clean));
       } else if (encoding == "Hex") {
         std::string bytes;
-        for (std::size_t i = 0; i + 1 < data.size(); i += 2) bytes += static_cast<char>(std::stoi(data.substr(i, 2), nullptr, 16));
+        for (std::size_t i = 0; i + 1 < data.size(); i += 2)
+          bytes += static_cast<char>(std::stoi(data.substr(i, 2), nullptr, 16));
         attachment.set("data", str(base64_of(bytes)));
       } else {
         attachment.set("data", str(base64_of(data)));
@@ -207,8 +213,8 @@ std::optional<fhir::value> mapper::observation_value(const segment_ref& obx, fhi
     }
     return attachment;
   } else {
-    problem_at(at(obx, 2), error_code::table_value_not_found, "OBX-2 value type '" + type + "' is not mapped; kept as text",
-               true);
+    problem_at(at(obx, 2), error_code::table_value_not_found,
+               "OBX-2 value type '" + type + "' is not mapped; kept as text", true);
     observation.set("valueString", str(part(first, 1)));
   }
   (void)report;
@@ -223,7 +229,8 @@ void mapper::map_observation(report_context& report, const segment_ref& obx, con
       for (int c : {1, 5})
         if (!part(r, c).empty() && (c == 5 || leaf(s, 2) != "ED")) has_value = true;
     problem_at(at(obx, 3), error_code::required_field_missing,
-               has_value ? "OBX-3 observation identifier missing" : "OBX without identifier or value: skipped", !has_value);
+               has_value ? "OBX-3 observation identifier missing" : "OBX without identifier or value: skipped",
+               !has_value);
     if (!has_value) return;
   }
   fhir::value observation = fhir::value::make_object();
@@ -243,19 +250,22 @@ void mapper::map_observation(report_context& report, const segment_ref& obx, con
   if (identity) append(observation, "identifier", *identity);
 
   static const std::map<std::string, std::string, std::less<>> statuses = {
-      {"C", "corrected"}, {"D", "entered-in-error"}, {"F", "final"},     {"I", "registered"},
-      {"N", "cancelled"}, {"O", "registered"},       {"P", "preliminary"}, {"R", "preliminary"},
-      {"S", "preliminary"}, {"U", "final"},          {"W", "entered-in-error"}, {"X", "cancelled"},
+      {"C", "corrected"},   {"D", "entered-in-error"}, {"F", "final"},
+      {"I", "registered"},  {"N", "cancelled"},        {"O", "registered"},
+      {"P", "preliminary"}, {"R", "preliminary"},      {"S", "preliminary"},
+      {"U", "final"},       {"W", "entered-in-error"}, {"X", "cancelled"},
       {"A", "amended"}};
   std::string status_code = leaf(s, 11);
   if (auto it = statuses.find(status_code); it != statuses.end()) {
     observation.set("status", str(it->second));
   } else {
-    problem_at(at(obx, 11), status_code.empty() ? error_code::required_field_missing : error_code::table_value_not_found,
+    problem_at(at(obx, 11),
+               status_code.empty() ? error_code::required_field_missing : error_code::table_value_not_found,
                "OBX-11 result status '" + status_code + "' is not in table 0085; status unknown", true);
     observation.set("status", str("unknown"));
   }
-  fhir::value category = table_concept("http://terminology.hl7.org/CodeSystem/observation-category", "laboratory", "Laboratory");
+  fhir::value category =
+      table_concept("http://terminology.hl7.org/CodeSystem/observation-category", "laboratory", "Laboratory");
   append(observation, "category", std::move(category));
   if (auto concept_value = codeable_concept(repetition_at(s, 3), at(obx, 3))) {
     observation.set("code", std::move(*concept_value));
@@ -284,19 +294,19 @@ void mapper::map_observation(report_context& report, const segment_ref& obx, con
   // OBX-8 abnormal flags (table 0078) -> v3 ObservationInterpretation; Chinese LIS arrows too.
   for (const repetition* flag : repetitions(s, 8)) {
     static const std::map<std::string, std::string, std::less<>> v3 = {
-        {"L", "L"},   {"H", "H"},     {"LL", "LL"},   {"HH", "HH"},   {"N", "N"},   {"A", "A"},   {"AA", "AA"},
-        {"<", "<"},   {">", ">"},     {"S", "S"},     {"R", "R"},     {"I", "I"},   {"U", "U"},   {"D", "D"},
-        {"B", "B"},   {"W", "W"},     {"NEG", "NEG"}, {"POS", "POS"}, {"IND", "IND"}, {"E", "E"}, {"NR", "NR"},
-        {"HU", "HU"}, {"LU", "LU"},   {"DET", "DET"}, {"ND", "ND"},   {"↑", "H"},   {"↓", "L"},   {"MS", "I"},
-        {"VS", "S"}};
+        {"L", "L"},     {"H", "H"}, {"LL", "LL"}, {"HH", "HH"}, {"N", "N"},     {"A", "A"},
+        {"AA", "AA"},   {"<", "<"}, {">", ">"},   {"S", "S"},   {"R", "R"},     {"I", "I"},
+        {"U", "U"},     {"D", "D"}, {"B", "B"},   {"W", "W"},   {"NEG", "NEG"}, {"POS", "POS"},
+        {"IND", "IND"}, {"E", "E"}, {"NR", "NR"}, {"HU", "HU"}, {"LU", "LU"},   {"DET", "DET"},
+        {"ND", "ND"},   {"↑", "H"}, {"↓", "L"},   {"MS", "I"},  {"VS", "S"}};
     std::string flag_code = part(flag, 1);
     if (flag_code.empty()) continue;
     if (auto it = v3.find(flag_code); it != v3.end()) {
       append(observation, "interpretation",
              table_concept("http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", it->second));
     } else {
-      problem_at(at(obx, 8), error_code::table_value_not_found, "abnormal flag '" + flag_code + "' is not in table 0078",
-                 true);
+      problem_at(at(obx, 8), error_code::table_value_not_found,
+                 "abnormal flag '" + flag_code + "' is not in table 0078", true);
       append(observation, "interpretation", table_concept("http://terminology.hl7.org/CodeSystem/v2-0078", flag_code));
     }
   }
@@ -312,17 +322,22 @@ void mapper::map_observation(report_context& report, const segment_ref& obx, con
       q.set("value", fhir::value::make_number(*d));
       std::string printed = part(unit_field, 1).empty() ? part(unit_field, 2) : part(unit_field, 1);
       set_text(q, "unit", part(unit_field, 2).empty() ? part(unit_field, 1) : part(unit_field, 2));
-      if (auto ucum = part(unit_field, 3) == "UCUM" ? std::optional<std::string>(part(unit_field, 1)) : ucum_unit(printed)) {
+      if (auto ucum =
+              part(unit_field, 3) == "UCUM" ? std::optional<std::string>(part(unit_field, 1)) : ucum_unit(printed)) {
         q.set("system", str("http://unitsofmeasure.org"));
         q.set("code", str(*ucum));
       }
       return q;
     };
     std::optional<fhir::value> low, high;
-    if (range.starts_with("<=") || range.starts_with("≤")) high = bound(range.substr(range.starts_with("<=") ? 2 : 3));
-    else if (range.starts_with(">=") || range.starts_with("≥")) low = bound(range.substr(range.starts_with(">=") ? 2 : 3));
-    else if (range.front() == '<') high = bound(range.substr(1));
-    else if (range.front() == '>') low = bound(range.substr(1));
+    if (range.starts_with("<=") || range.starts_with("≤"))
+      high = bound(range.substr(range.starts_with("<=") ? 2 : 3));
+    else if (range.starts_with(">=") || range.starts_with("≥"))
+      low = bound(range.substr(range.starts_with(">=") ? 2 : 3));
+    else if (range.front() == '<')
+      high = bound(range.substr(1));
+    else if (range.front() == '>')
+      low = bound(range.substr(1));
     else {
       for (std::string_view separator : {"～", "~", "—", "-"}) {
         std::size_t p = range.find(separator, 1);
@@ -367,7 +382,8 @@ void mapper::map_observation(report_context& report, const segment_ref& obx, con
     fhir::value content = fhir::value::make_object();
     content.set("attachment", std::move(*attachment));
     append(document, "content", std::move(content));
-    std::string document_urn = add_entry("DocumentReference|" + key, std::move(document), document_identity, at(obx, 5));
+    std::string document_urn =
+        add_entry("DocumentReference|" + key, std::move(document), document_identity, at(obx, 5));
     append(observation, "derivedFrom", reference(document_urn));
   }
   std::string urn = add_entry(key, std::move(observation), identity, at(obx, 3));
@@ -386,7 +402,8 @@ std::optional<std::string> mapper::map_specimen(const segment_ref& spm, report_c
   if (identity && report.identity && part(eip, 1, 2).empty() && part(eip, 1, 3).empty() && !filler) {
     // An id without an authority is only unique within the report.
     identity->set("system", str(report.identity->find("system")->text()));
-    identity->set("value", str(report.identity->find("value")->text() + "/specimen/" + identity->find("value")->text()));
+    identity->set("value",
+                  str(report.identity->find("value")->text() + "/specimen/" + identity->find("value")->text()));
     placer = identity;
   }
   if (placer) append(specimen, "identifier", *placer);
@@ -424,13 +441,14 @@ void mapper::map_report(report_context& report) {
   for (const auto& identifier : report.identifiers) append(diagnostic, "identifier", identifier);
 
   static const std::map<std::string, std::string, std::less<>> statuses = {
-      {"O", "registered"}, {"I", "registered"}, {"S", "partial"},   {"A", "partial"},  {"P", "preliminary"},
-      {"C", "corrected"},  {"R", "partial"},    {"F", "final"},     {"X", "cancelled"}, {"M", "amended"}};
+      {"O", "registered"}, {"I", "registered"}, {"S", "partial"}, {"A", "partial"},   {"P", "preliminary"},
+      {"C", "corrected"},  {"R", "partial"},    {"F", "final"},   {"X", "cancelled"}, {"M", "amended"}};
   std::string status_code = leaf(obr, 25);
   if (auto it = statuses.find(status_code); it != statuses.end()) {
     diagnostic.set("status", str(it->second));
   } else {
-    problem_at(at(report.obr, 25), status_code.empty() ? error_code::required_field_missing : error_code::table_value_not_found,
+    problem_at(at(report.obr, 25),
+               status_code.empty() ? error_code::required_field_missing : error_code::table_value_not_found,
                "OBR-25 result status '" + status_code + "' is not in table 0123; status unknown", true);
     diagnostic.set("status", str("unknown"));
   }
@@ -439,7 +457,8 @@ void mapper::map_report(report_context& report) {
   if (auto code = codeable_concept(repetition_at(obr, 4), at(report.obr, 4))) {
     diagnostic.set("code", std::move(*code));
   } else {
-    problem_at(at(report.obr, 4), error_code::required_field_missing, "OBR-4 universal service identifier missing", false);
+    problem_at(at(report.obr, 4), error_code::required_field_missing, "OBR-4 universal service identifier missing",
+               false);
     diagnostic.set("code", table_concept("http://terminology.hl7.org/CodeSystem/data-absent-reason", "unknown"));
   }
   if (report.patient) diagnostic.set("subject", reference(report.patient->urn));
@@ -447,11 +466,14 @@ void mapper::map_report(report_context& report) {
   if (auto when = datetime(leaf(obr, 7), at(report.obr, 7))) diagnostic.set("effectiveDateTime", str(*when));
   if (std::string issued = leaf(obr, 22); !issued.empty()) {
     auto when = datetime(issued, at(report.obr, 22));
-    if (when && fhir::is_valid_primitive("instant", *when)) diagnostic.set("issued", str(*when));
-    else if (when) diagnostic.set("issued", str(*when + (when->size() == 10 ? "T00:00:00" + options.default_offset : "")));
+    if (when && fhir::is_valid_primitive("instant", *when))
+      diagnostic.set("issued", str(*when));
+    else if (when)
+      diagnostic.set("issued", str(*when + (when->size() == 10 ? "T00:00:00" + options.default_offset : "")));
     if (const fhir::value* i = diagnostic.find("issued"); i && !fhir::is_valid_primitive("instant", i->text())) {
       diagnostic.erase("issued");
-      problem_at(at(report.obr, 22), error_code::data_type, "OBR-22 '" + issued + "' is too imprecise for issued", true);
+      problem_at(at(report.obr, 22), error_code::data_type, "OBR-22 '" + issued + "' is too imprecise for issued",
+                 true);
     }
   }
   for (const auto& lab : report.performers) append(diagnostic, "performer", reference(lab));
@@ -487,9 +509,9 @@ void mapper::map_report(report_context& report) {
     if (fhir::value* observation = entry_resource(result); observation && !report.specimens.empty())
       observation->set("specimen", reference(report.specimens.front()));
 
-  std::string key = report.identity
-                        ? "DiagnosticReport|" + report.identity->find("system")->text() + "|" + report.identity->find("value")->text()
-                        : "DiagnosticReport|" + std::to_string(report.obr.occurrence);
+  std::string key = report.identity ? "DiagnosticReport|" + report.identity->find("system")->text() + "|" +
+                                          report.identity->find("value")->text()
+                                    : "DiagnosticReport|" + std::to_string(report.obr.occurrence);
   add_entry(key, std::move(diagnostic), report.identity, at(report.obr, 3));
 }
 
@@ -575,7 +597,8 @@ void mapper::map_oru() {
           collection.set("collectedDateTime", str(*collected));
           specimen.set("collection", std::move(collection));
         }
-        std::string key = identity ? "Specimen|" + identity->find("value")->text() : "Specimen|obr" + std::to_string(ref.occurrence);
+        std::string key =
+            identity ? "Specimen|" + identity->find("value")->text() : "Specimen|obr" + std::to_string(ref.occurrence);
         report->specimens.push_back(add_entry(key, std::move(specimen), identity, at(ref, 15)));
       }
     } else if (id == "OBX") {
@@ -601,8 +624,10 @@ void mapper::map_oru() {
     }
   }
   flush_report();
-  if (!msg.find("PID")) problem_at(location{"PID", 1, 0, 0, 0, 0}, error_code::segment_sequence, "PID segment missing", false);
-  if (!msg.find("OBR")) problem_at(location{"OBR", 1, 0, 0, 0, 0}, error_code::segment_sequence, "OBR segment missing", false);
+  if (!msg.find("PID"))
+    problem_at(location{"PID", 1, 0, 0, 0, 0}, error_code::segment_sequence, "PID segment missing", false);
+  if (!msg.find("OBR"))
+    problem_at(location{"OBR", 1, 0, 0, 0, 0}, error_code::segment_sequence, "OBR segment missing", false);
 }
 
 }  // namespace yilian::mappers::hl7v2::detail

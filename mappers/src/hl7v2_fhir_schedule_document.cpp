@@ -14,13 +14,20 @@ void mapper::map_schedule(const std::string& event) {
   bool in_resources = false;
   for (const segment_ref& ref : numbered_segments(msg)) {
     const std::string& id = ref.seg->id;
-    if (id == "SCH") sch = ref;
-    else if (id == "TQ1" && !tq1) tq1 = ref;
-    else if (id == "PID" && !patient) patient = map_patient(ref);
-    else if (id == "RGS") in_resources = true;
-    else if (id == "AIP") staff.push_back(ref);
-    else if (id == "AIL") rooms.push_back(ref);
-    else if (id == "NTE" && !in_resources && sch) notes.push_back(ref);
+    if (id == "SCH")
+      sch = ref;
+    else if (id == "TQ1" && !tq1)
+      tq1 = ref;
+    else if (id == "PID" && !patient)
+      patient = map_patient(ref);
+    else if (id == "RGS")
+      in_resources = true;
+    else if (id == "AIP")
+      staff.push_back(ref);
+    else if (id == "AIL")
+      rooms.push_back(ref);
+    else if (id == "NTE" && !in_resources && sch)
+      notes.push_back(ref);
   }
   if (!sch) {
     problem_at(location{"SCH", 1, 0, 0, 0, 0}, error_code::segment_sequence, "SCH segment missing", false);
@@ -47,7 +54,7 @@ void mapper::map_schedule(const std::string& event) {
 
   // SCH-25 filler status (table 0278) when sent, else the event.
   static const std::map<std::string, std::string, std::less<>> statuses = {
-      {"Booked", "booked"},   {"Cancelled", "cancelled"}, {"Complete", "fulfilled"}, {"Noshow", "noshow"},
+      {"Booked", "booked"},   {"Cancelled", "cancelled"}, {"Complete", "fulfilled"},       {"Noshow", "noshow"},
       {"Pending", "pending"}, {"Waitlist", "waitlist"},   {"Deleted", "entered-in-error"}, {"Started", "arrived"}};
   std::string status = event == "S15" ? "cancelled" : "booked";
   if (auto it = statuses.find(leaf(s, 25)); it != statuses.end()) status = it->second;
@@ -66,9 +73,12 @@ void mapper::map_schedule(const std::string& event) {
   }
   appointment.set("status", str(status));
   if (event == "S15")
-    if (auto reason = codeable_concept(repetition_at(s, 6), at(*sch, 6))) appointment.set("cancelationReason", std::move(*reason));
-  if (auto type = codeable_concept(repetition_at(s, 8), at(*sch, 8))) appointment.set("appointmentType", std::move(*type));
-  if (auto reason = codeable_concept(repetition_at(s, 7), at(*sch, 7))) append(appointment, "reasonCode", std::move(*reason));
+    if (auto reason = codeable_concept(repetition_at(s, 6), at(*sch, 6)))
+      appointment.set("cancelationReason", std::move(*reason));
+  if (auto type = codeable_concept(repetition_at(s, 8), at(*sch, 8)))
+    appointment.set("appointmentType", std::move(*type));
+  if (auto reason = codeable_concept(repetition_at(s, 7), at(*sch, 7)))
+    append(appointment, "reasonCode", std::move(*reason));
   if (times) {
     appointment.set("start", str(*start));
     appointment.set("end", str(*end));
@@ -107,10 +117,14 @@ void mapper::map_document() {
   std::vector<segment_ref> content;
   for (const segment_ref& ref : numbered_segments(msg)) {
     const std::string& id = ref.seg->id;
-    if (id == "PID" && !patient) patient = map_patient(ref);
-    else if (id == "PV1" && patient && !encounter) encounter = map_encounter(ref, *patient, "T02");
-    else if (id == "TXA") txa = ref;
-    else if (id == "OBX" && txa) content.push_back(ref);
+    if (id == "PID" && !patient)
+      patient = map_patient(ref);
+    else if (id == "PV1" && patient && !encounter)
+      encounter = map_encounter(ref, *patient, "T02");
+    else if (id == "TXA")
+      txa = ref;
+    else if (id == "OBX" && txa)
+      content.push_back(ref);
   }
   if (!txa || !patient) {
     problem_at(location{txa ? "PID" : "TXA", 1, 0, 0, 0, 0}, error_code::segment_sequence,
@@ -124,8 +138,8 @@ void mapper::map_document() {
   auto unique = identifier_ei(repetition_at(s, 12), 1, "document-number");
   if (unique) document.set("masterIdentifier", *unique);
   static const std::map<std::string, std::string, std::less<>> doc_statuses = {
-      {"AU", "final"}, {"DO", "final"}, {"LA", "final"}, {"DI", "preliminary"}, {"IN", "preliminary"},
-      {"IP", "preliminary"}, {"PA", "preliminary"}};
+      {"AU", "final"},       {"DO", "final"},       {"LA", "final"},      {"DI", "preliminary"},
+      {"IN", "preliminary"}, {"IP", "preliminary"}, {"PA", "preliminary"}};
   document.set("status", str("current"));
   if (auto it = doc_statuses.find(leaf(s, 17)); it != doc_statuses.end()) document.set("docStatus", str(it->second));
   if (std::string type = leaf(s, 2); !type.empty())
@@ -183,8 +197,9 @@ void mapper::map_document() {
   }
   std::optional<fhir::value> identity;
   if (unique) identity = *unique;  // the identifier search parameter covers masterIdentifier
-  std::string key = identity ? "DocumentReference|" + identity->find("system")->text() + "|" + identity->find("value")->text()
-                             : "DocumentReference|" + std::to_string(txa->occurrence);
+  std::string key =
+      identity ? "DocumentReference|" + identity->find("system")->text() + "|" + identity->find("value")->text()
+               : "DocumentReference|" + std::to_string(txa->occurrence);
   add_entry(key, std::move(document), identity, at(*txa, 12));
 }
 

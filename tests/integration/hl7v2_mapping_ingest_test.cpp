@@ -84,7 +84,8 @@ TEST_CASE("HL7 v2 ingest: a replayed LIS result updates, an HIS ADT meets it on 
   CHECK(f.count("Encounter") == 1);
   CHECK(f.count("Observation") == 9);
   CHECK(f.count("DiagnosticReport") == 2);
-  CHECK(f.count("Observation", "code=http://loinc.org|2823-3&subject.identifier=urn:oid:2.16.156.10011.1.3|500103195207304518") == 1);
+  CHECK(f.count("Observation",
+                "code=http://loinc.org|2823-3&subject.identifier=urn:oid:2.16.156.10011.1.3|500103195207304518") == 1);
   CHECK(f.count("Organization", "identifier=urn:oid:2.16.156.10011.1.5|47011661-4") == 1);
 }
 

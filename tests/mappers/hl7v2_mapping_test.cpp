@@ -1,5 +1,3 @@
-#include "yilian/mappers/hl7v2_fhir.hpp"
-
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -11,6 +9,7 @@
 #include "test_support.hpp"
 #include "yilian/fhir/json.hpp"
 #include "yilian/fhir/validator.hpp"
+#include "yilian/mappers/hl7v2_fhir.hpp"
 #include "yilian/profiles/alliance.hpp"
 
 using namespace yilian;
@@ -73,18 +72,12 @@ TEST_CASE("HL7 v2 golden files: mapped Bundles match tests/data/hl7v2/golden (YI
     std::string name;
   };
   const std::vector<golden_case> cases = {
-      {data_dir / "cn-lis-oru-r01.hl7", "cn-lis-oru-r01"},
-      {data_dir / "cn-adt-a01.hl7", "cn-adt-a01"},
-      {corpus_dir / "ORU-R01-01.hl7", "ORU-R01-01"},
-      {corpus_dir / "LAB-ORU-1.hl7", "LAB-ORU-1"},
-      {corpus_dir / "LAB-ORU-2.hl7", "LAB-ORU-2"},
-      {corpus_dir / "ADT-A01-01.hl7", "ADT-A01-01"},
-      {corpus_dir / "ADT-A03-01.hl7", "ADT-A03-01"},
-      {corpus_dir / "ADT-A08-01.hl7", "ADT-A08-01"},
-      {corpus_dir / "ADT-A40-01.hl7", "ADT-A40-01"},
-      {corpus_dir / "LAB-ORM-1.hl7", "LAB-ORM-1"},
-      {corpus_dir / "OML-O21-01.hl7", "OML-O21-01"},
-      {corpus_dir / "SIU-S12-01.hl7", "SIU-S12-01"},
+      {data_dir / "cn-lis-oru-r01.hl7", "cn-lis-oru-r01"}, {data_dir / "cn-adt-a01.hl7", "cn-adt-a01"},
+      {corpus_dir / "ORU-R01-01.hl7", "ORU-R01-01"},       {corpus_dir / "LAB-ORU-1.hl7", "LAB-ORU-1"},
+      {corpus_dir / "LAB-ORU-2.hl7", "LAB-ORU-2"},         {corpus_dir / "ADT-A01-01.hl7", "ADT-A01-01"},
+      {corpus_dir / "ADT-A03-01.hl7", "ADT-A03-01"},       {corpus_dir / "ADT-A08-01.hl7", "ADT-A08-01"},
+      {corpus_dir / "ADT-A40-01.hl7", "ADT-A40-01"},       {corpus_dir / "LAB-ORM-1.hl7", "LAB-ORM-1"},
+      {corpus_dir / "OML-O21-01.hl7", "OML-O21-01"},       {corpus_dir / "SIU-S12-01.hl7", "SIU-S12-01"},
       {corpus_dir / "MDM-T02-02.hl7", "MDM-T02-02"},
   };
   const bool update = std::getenv("YILIAN_UPDATE_GOLDEN") && std::string(std::getenv("YILIAN_UPDATE_GOLDEN")) == "1";
@@ -101,8 +94,8 @@ TEST_CASE("HL7 v2 golden files: mapped Bundles match tests/data/hl7v2/golden (YI
       continue;
     }
     REQUIRE_MESSAGE(fs::exists(golden), golden.string(), " missing: run with YILIAN_UPDATE_GOLDEN=1");
-    CHECK_MESSAGE(test::same_json(test::parse_json_or_fail(test::read_file(golden)), result.bundle),
-                  c.name, " differs from its golden file; actual:\n", actual);
+    CHECK_MESSAGE(test::same_json(test::parse_json_or_fail(test::read_file(golden)), result.bundle), c.name,
+                  " differs from its golden file; actual:\n", actual);
   }
 }
 
@@ -141,7 +134,8 @@ TEST_CASE("Chinese LIS ORU^R01: 身份证号, UCUM units, ranges, flags, perform
   // The conditional update keys the patient on the national id, the alliance-wide identity.
   const fhir::value& first = bundle.find("entry")->items().front();
   CHECK(first.find("request")->find("method")->text() == "PUT");
-  CHECK(first.find("request")->find("url")->text() == "Patient?identifier=urn:oid:2.16.156.10011.1.3%7C500103195207304518");
+  CHECK(first.find("request")->find("url")->text() ==
+        "Patient?identifier=urn:oid:2.16.156.10011.1.3%7C500103195207304518");
   const auto& ids = patients[0]->find("identifier")->items();
   REQUIRE(ids.size() == 2);
   CHECK(ids[0].find("system")->text() == "https://his.zjrmyy.example/fhir/sid/mrn");
@@ -186,7 +180,8 @@ TEST_CASE("Chinese LIS ORU^R01: 身份证号, UCUM units, ranges, flags, perform
   // The lab is one Organization with its identifier, performer of every result and report.
   auto organizations = resources_of(bundle, "Organization");
   REQUIRE(organizations.size() == 1);
-  CHECK(organizations[0]->find("identifier")->items()[0].find("system")->text() == profiles::identifier_system::organization);
+  CHECK(organizations[0]->find("identifier")->items()[0].find("system")->text() ==
+        profiles::identifier_system::organization);
   CHECK(organizations[0]->find("identifier")->items()[0].find("value")->text() == "47011661-4");
   CHECK(organizations[0]->find("name")->text() == "浙江省人民医院检验科");
 
@@ -272,7 +267,8 @@ TEST_CASE("ADT: Encounter status from the event, visit number identity, A40 link
   const fhir::value& survivor = *entries[0].find("resource");
   const fhir::value& merged = *entries[1].find("resource");
   CHECK(survivor.find("link")->items()[0].find("type")->text() == "replaces");
-  CHECK(survivor.find("link")->items()[0].find("other")->find("reference")->text() == entries[1].find("fullUrl")->text());
+  CHECK(survivor.find("link")->items()[0].find("other")->find("reference")->text() ==
+        entries[1].find("fullUrl")->text());
   CHECK(merged.find("link")->items()[0].find("type")->text() == "replaced-by");
   CHECK(merged.find("active")->text() == "false");
   CHECK(entries[1].find("request")->find("url")->text().ends_with("%7C56789"));
@@ -338,9 +334,9 @@ TEST_CASE("unsupported messages are refused with table 0357 codes; bad values ar
   CHECK(!unknown_event.supported);
   CHECK(unknown_event.problems[0].code == v2::error_code::unsupported_event);
 
-  auto bad_number = v2::map_to_fhir(parse_text(
-      "MSH|^~\\&|LIS|H|C|D|20260101||ORU^R01|9|P|2.4\rPID|1||1^^^X^MR\rOBR|1||F1|K^钾^99LIS|||20260101\r"
-      "OBX|1|NM|K^钾^99LIS||abc|mmol/L||||F\r"));
+  auto bad_number = v2::map_to_fhir(
+      parse_text("MSH|^~\\&|LIS|H|C|D|20260101||ORU^R01|9|P|2.4\rPID|1||1^^^X^MR\rOBR|1||F1|K^钾^99LIS|||20260101\r"
+                 "OBX|1|NM|K^钾^99LIS||abc|mmol/L||||F\r"));
   CHECK(bad_number.supported);
   CHECK(bad_number.has_errors());
   bool located = false;

@@ -19,9 +19,9 @@
 //   Organization, Practitioner, Location, RelatedPerson, Coverage, DocumentReference likewise.
 // Identifiers whose assigning authority has no configured system get a local system
 // "urn:yilian:local:<authority>:<what>" (percent-encoded), or "urn:yilian:local:<MSH-4>:<what>" when
-// no authority is sent, so two feeds naming the same authority (HIS and LIS) meet on one resource. Entries refer to each
-// other by urn:uuid fullUrls that are derived from MSH-4, MSH-10 and the entry's identity (a hash),
-// so the same message always yields the same Bundle.
+// no authority is sent, so two feeds naming the same authority (HIS and LIS) meet on one resource. Entries refer to
+// each other by urn:uuid fullUrls that are derived from MSH-4, MSH-10 and the entry's identity (a hash), so the same
+// message always yields the same Bundle.
 //
 // Choices where the IG leaves room:
 // - A40 merge: the surviving patient (PID) gets link type "replaces" to the merged one; the merged
@@ -84,9 +84,9 @@ struct mapping_options {
 };
 
 struct mapping_result {
-  fhir::value bundle;              // Bundle, type transaction (empty entry list when unsupported)
-  std::vector<problem> problems;   // errors -> AE; warnings ride along in the ACK
-  bool supported = true;           // false -> AR (table 0357 code 200/201 in problems)
+  fhir::value bundle;             // Bundle, type transaction (empty entry list when unsupported)
+  std::vector<problem> problems;  // errors -> AE; warnings ride along in the ACK
+  bool supported = true;          // false -> AR (table 0357 code 200/201 in problems)
 
   bool has_errors() const noexcept;
 };
