@@ -44,7 +44,7 @@ namespace ssl = asio::ssl;
 using tcp = asio::ip::tcp;
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 constexpr std::size_t oversize_prefix_bytes = 64 * 1024;
-constexpr std::size_t read_chunk_bytes = 64 * 1024;
+constexpr std::size_t read_chunk_bytes = 16 * 1024;  // per connection, while it waits for bytes
 
 // Splits a received byte stream into MLLP frames. Bytes before a 0x0B are skipped; a message is
 // complete at 0x1C 0x0D (a 0x1C followed by anything else is message content). A message longer
