@@ -18,6 +18,7 @@
 #include <tuple>
 #include <vector>
 
+#include "bench_database.hpp"
 #include "search_dataset.hpp"
 #include "yilian/fhir/json.hpp"
 #include "yilian/gateway/fhir_api.hpp"
@@ -27,6 +28,9 @@ using namespace yilian;
 using clock_type = std::chrono::steady_clock;
 
 namespace {
+
+using bench::recreate_database;
+using bench::with_database;
 
 struct options {
   std::string database_url;
@@ -59,25 +63,6 @@ options parse(int argc, char** argv) {
   if (o.database_url.empty()) throw std::invalid_argument(std::string("no --database-url\n") + usage);
   if (o.threads == 0) o.threads = 1;
   return o;
-}
-
-std::string with_database(const std::string& url, const std::string& database) {
-  auto scheme = url.find("://");
-  if (scheme == std::string::npos) throw std::invalid_argument("not a postgresql:// URL: " + url);
-  auto query = url.find('?', scheme + 3);
-  auto slash = url.find('/', scheme + 3);
-  std::string out = url;
-  if (slash == std::string::npos || (query != std::string::npos && slash > query))
-    return out.insert(query == std::string::npos ? url.size() : query, "/" + database);
-  auto end = query == std::string::npos ? url.size() : query;
-  return out.replace(slash + 1, end - slash - 1, database);
-}
-
-void recreate_database(const std::string& admin_url, const std::string& name, bool create) {
-  pqxx::connection c(admin_url);
-  pqxx::nontransaction tx(c);
-  tx.exec("DROP DATABASE IF EXISTS " + tx.quote_name(name) + " WITH (FORCE)");
-  if (create) tx.exec("CREATE DATABASE " + tx.quote_name(name));
 }
 
 // Every resource of the data set, in an order where a patient's resources follow it.

@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench_database.hpp"
 #include "search_dataset.hpp"
 #include "yilian/adapters/hl7v2_ingest.hpp"
 #include "yilian/adapters/mllp.hpp"
@@ -35,6 +36,9 @@ using namespace yilian;
 using clock_type = std::chrono::steady_clock;
 
 namespace {
+
+using bench::recreate_database;
+using bench::with_database;
 
 struct options {
   std::string database_url;
@@ -66,24 +70,6 @@ options parse_args(int argc, char** argv) {
   }
   if (o.database_url.empty()) throw std::invalid_argument("no --database-url");
   return o;
-}
-
-std::string with_database(const std::string& url, const std::string& database) {
-  auto scheme = url.find("://");
-  auto query = url.find('?', scheme + 3);
-  auto slash = url.find('/', scheme + 3);
-  std::string out = url;
-  if (slash == std::string::npos || (query != std::string::npos && slash > query))
-    return out.insert(query == std::string::npos ? url.size() : query, "/" + database);
-  auto end = query == std::string::npos ? url.size() : query;
-  return out.replace(slash + 1, end - slash - 1, database);
-}
-
-void recreate_database(const std::string& admin_url, const std::string& name, bool create) {
-  pqxx::connection c(admin_url);
-  pqxx::nontransaction tx(c);
-  tx.exec("DROP DATABASE IF EXISTS " + tx.quote_name(name) + " WITH (FORCE)");
-  if (create) tx.exec("CREATE DATABASE " + tx.quote_name(name));
 }
 
 // One ORU^R01 per patient: the patient's identity from the data set, `results` lab values.

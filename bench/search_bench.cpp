@@ -25,6 +25,7 @@
 #include <utility>
 #include <vector>
 
+#include "bench_database.hpp"
 #include "search_dataset.hpp"
 #include "search_load.hpp"
 #include "yilian/fhir/json.hpp"
@@ -37,6 +38,9 @@ using namespace yilian::bench;
 using clock_type = std::chrono::steady_clock;
 
 namespace {
+
+using bench::recreate_database;
+using bench::with_database;
 
 constexpr std::string_view base_url = "http://bench.local/fhir";
 
@@ -137,30 +141,8 @@ options parse_options(int argc, char** argv) {
 
 // --- database URLs ----------------------------------------------------------------------------
 
-// postgresql://[authority]/<database>[?query] with <database> replaced.
-std::string with_database(const std::string& url, const std::string& database) {
-  auto scheme = url.find("://");
-  if (scheme == std::string::npos) throw std::invalid_argument("not a postgresql:// URL: " + url);
-  auto query = url.find('?', scheme + 3);
-  auto slash = url.find('/', scheme + 3);
-  std::string out = url;
-  if (slash == std::string::npos || (query != std::string::npos && slash > query)) {
-    auto at = query == std::string::npos ? url.size() : query;
-    return out.insert(at, "/" + database);
-  }
-  auto end = query == std::string::npos ? url.size() : query;
-  return out.replace(slash + 1, end - slash - 1, database);
-}
-
 std::string with_query_parameter(const std::string& url, const std::string& parameter) {
   return url + (url.find('?') == std::string::npos ? "?" : "&") + parameter;
-}
-
-void recreate_database(const std::string& admin_url, const std::string& name) {
-  pqxx::connection c(admin_url);
-  pqxx::nontransaction tx(c);
-  tx.exec("DROP DATABASE IF EXISTS " + tx.quote_name(name) + " WITH (FORCE)");
-  tx.exec("CREATE DATABASE " + tx.quote_name(name));
 }
 
 void drop_database(const std::string& admin_url, const std::string& name) {

@@ -335,8 +335,8 @@ struct fhir_api::impl {
     // Set when the call is one entry of a Bundle:
     const value* parsed_body = nullptr;  // the entry's resource
     bool body_validated = false;         // ... validated already, with the whole Bundle
-    std::string assigned_id;             // transaction POST: create under this id
-    mutable std::string last_updated;    // instant of the version written or read, for the entry response
+    std::string assigned_id{};           // transaction POST: create under this id
+    mutable std::string last_updated{};  // instant of the version written or read, for the entry response
   };
 
   const operation_definition* find_operation(std::string_view name, operation_level level,

@@ -241,6 +241,10 @@ struct http_server::impl {
         st->done = true;
         st->timer.cancel();
       });
+      // Drop this task's handles on the io_context before the count lets ~http_server destroy it
+      // (the worker destroys the task itself only after this function returns).
+      st.reset();
+      executor = asio::any_io_executor();
       std::lock_guard lock(tasks_mutex);
       if (--pending_tasks == 0) tasks_done.notify_all();
     });

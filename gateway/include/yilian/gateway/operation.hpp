@@ -67,12 +67,12 @@ struct operation_response {
 using operation_handler = std::function<operation_response(const operation_call&)>;
 
 struct operation_definition {
-  std::string name;                    // without '$': "everything"
+  std::string name{};                  // without '$': "everything"
   operation_level level = operation_level::system;
-  std::vector<std::string> types;      // resource types it applies to (type/instance level); empty = all
+  std::vector<std::string> types{};    // resource types it applies to (type/instance level); empty = all
   std::vector<std::string> methods = {"GET", "POST"};
-  std::string definition_url;          // canonical OperationDefinition, listed in the CapabilityStatement
-  operation_handler handler;
+  std::string definition_url{};        // canonical OperationDefinition, listed in the CapabilityStatement
+  operation_handler handler{};
 };
 
 }  // namespace yilian::gateway
