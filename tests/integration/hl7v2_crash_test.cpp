@@ -63,8 +63,11 @@ TEST_CASE("hl7v2 over MLLP: SIGKILL mid-stream; every ACKed message stored exact
         return;
       }
       try {
-        if (!client) client = std::make_unique<yilian::adapters::mllp_client>("127.0.0.1", mllp_port,
-                                                                               yilian::adapters::mllp_client_options{.timeout = 10s});
+        if (!client) {
+          yilian::adapters::mllp_client_options client_options;
+          client_options.timeout = 10s;
+          client = std::make_unique<yilian::adapters::mllp_client>("127.0.0.1", mllp_port, client_options);
+        }
         std::string ack = client->exchange(lab_result(i));
         if (ack.find("MSA|AA|K-" + std::to_string(i)) == std::string::npos) {  // AE: try again later
           std::this_thread::sleep_for(100ms);
