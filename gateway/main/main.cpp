@@ -456,6 +456,15 @@ int cmd_serve(const std::vector<std::string>& args) {
         return mappers::hl7v2::make_ack(head.parsed ? &*head.parsed : nullptr, mappers::hl7v2::ack_code::AR, {p},
                                         gateway::new_resource_id().substr(0, 20), utc_now_hl7());
       };
+      hooks.handler_failure = [&](std::string_view message, std::string_view what, const adapters::mllp_peer&) {
+        // The pipeline answers every data problem itself; this is a failure of the code (e.g.
+        // out of memory): AE, nothing applied, the sender re-sends.
+        auto parsed = mappers::hl7v2::parse(message, hl7v2_options.parsing);
+        mappers::hl7v2::problem p;
+        p.message = "Internal error (" + std::string(what) + "); nothing was applied, send the message again";
+        return mappers::hl7v2::make_ack(parsed.parsed ? &*parsed.parsed : nullptr, mappers::hl7v2::ack_code::AE, {p},
+                                        gateway::new_resource_id().substr(0, 20), utc_now_hl7());
+      };
       mllp.emplace(
           mllp_options,
           [&hl7v2](std::string_view message, const adapters::mllp_peer& peer) {
