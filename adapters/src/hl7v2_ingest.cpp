@@ -283,6 +283,15 @@ hl7v2_outcome hl7v2_ingest::process(std::string_view raw, std::string_view peer,
   return out;
 }
 
+std::string hl7v2_ingest::transport_ack(std::string_view message, v2::ack_code code, v2::error_code error,
+                                        const std::string& reason) const {
+  auto head = v2::parse(message.substr(0, message.find('\r')), options_.parsing);  // the MSH segment
+  v2::problem p;
+  p.code = error;
+  p.message = reason;
+  return v2::make_ack(head.parsed ? &*head.parsed : nullptr, code, {p}, ack_control_id(), now_hl7());
+}
+
 std::vector<hl7v2_logged_message> hl7v2_ingest::dead_letters(std::size_t limit, std::size_t offset) {
   auto lease = store_.acquire();
   pqxx::nontransaction tx(*lease);

@@ -130,16 +130,6 @@ std::string utc_now() {
   return buf;
 }
 
-// HL7 TS of now in China Standard Time (MSH-7 of ACKs built here).
-std::string utc_now_hl7() {
-  std::time_t t = std::time(nullptr) + 8 * 3600;
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y%m%d%H%M%S+0800", &tm);
-  return buf;
-}
-
 int cmd_validate(std::vector<std::string> args) {
   auto type = take_option(args, "--type");
   if (args.size() != 1) {
@@ -448,22 +438,16 @@ int cmd_serve(const std::vector<std::string>& args) {
       mllp_options.tls_private_key_file = s.mllp_tls_key;
       adapters::mllp_hooks hooks;
       hooks.oversize = [&](std::string_view start, std::size_t bytes, const adapters::mllp_peer&) {
-        auto head = mappers::hl7v2::parse(start.substr(0, start.find('\r')), hl7v2_options.parsing);
-        mappers::hl7v2::problem p;
-        p.code = mappers::hl7v2::error_code::value_too_long;
-        p.message = "Message of " + std::to_string(bytes) + " bytes is larger than this gateway takes (" +
-                    std::to_string(s.mllp_max_message) + ")";
-        return mappers::hl7v2::make_ack(head.parsed ? &*head.parsed : nullptr, mappers::hl7v2::ack_code::AR, {p},
-                                        gateway::new_resource_id().substr(0, 20), utc_now_hl7());
+        return hl7v2.transport_ack(start, mappers::hl7v2::ack_code::AR, mappers::hl7v2::error_code::value_too_long,
+                                   "Message of " + std::to_string(bytes) + " bytes is larger than this gateway takes (" +
+                                       std::to_string(s.mllp_max_message) + ")");
       };
+      // The pipeline answers every data problem itself; this is a failure of the code (e.g. out of
+      // memory): AE, nothing applied, the sender re-sends.
       hooks.handler_failure = [&](std::string_view message, std::string_view what, const adapters::mllp_peer&) {
-        // The pipeline answers every data problem itself; this is a failure of the code (e.g.
-        // out of memory): AE, nothing applied, the sender re-sends.
-        auto parsed = mappers::hl7v2::parse(message, hl7v2_options.parsing);
-        mappers::hl7v2::problem p;
-        p.message = "Internal error (" + std::string(what) + "); nothing was applied, send the message again";
-        return mappers::hl7v2::make_ack(parsed.parsed ? &*parsed.parsed : nullptr, mappers::hl7v2::ack_code::AE, {p},
-                                        gateway::new_resource_id().substr(0, 20), utc_now_hl7());
+        return hl7v2.transport_ack(message, mappers::hl7v2::ack_code::AE,
+                                   mappers::hl7v2::error_code::application_internal_error,
+                                   "Internal error (" + std::string(what) + "); nothing was applied, send the message again");
       };
       mllp.emplace(
           mllp_options,

@@ -27,6 +27,7 @@
 #include "yilian/gateway/fhir_api.hpp"
 #include "yilian/gateway/resource_store.hpp"
 #include "yilian/mappers/hl7v2.hpp"
+#include "yilian/mappers/hl7v2_ack.hpp"
 #include "yilian/mappers/hl7v2_fhir.hpp"
 
 namespace yilian::adapters {
@@ -76,6 +77,12 @@ class hl7v2_ingest {
   // Runs a kept message through the pipeline again; on success its row becomes `replayed` and a
   // new accepted row records the application.
   hl7v2_outcome replay(const std::string& message_id);
+
+  // An ACK for a message the pipeline never saw (too large for the transport, or the transport's
+  // handler failed): `code` with one ERR giving `reason`, addressed from whatever MSH `message`
+  // starts with. Nothing is kept: the sender decides whether to re-send.
+  std::string transport_ack(std::string_view message, mappers::hl7v2::ack_code code, mappers::hl7v2::error_code error,
+                            const std::string& reason) const;
 
   // Registers $hl7v2-messages (GET: dead letters as a Parameters resource; ?id=: one message) and
   // $hl7v2-replay (POST ?id=) on the FHIR API.
